@@ -1,0 +1,1 @@
+"""Semi-supervised GANs for image classification in JAX/Flax."""

@@ -1,0 +1,108 @@
+"""The run configuration: one frozen dataclass, validated before any expensive work."""
+import dataclasses
+from typing import Optional
+
+from ssgan_jax import losses
+
+MODELS = ('mlp', 'conv_small', 'conv_large')
+MODES = ('ssl', 'supervised')
+EVAL_PARAMS = ('ema', 'raw')
+
+
+def _field(default, help_text: str):
+  return dataclasses.field(default=default, metadata={'help': help_text})
+
+
+class ConfigError(ValueError):
+  """A setting that cannot work; the message names the flag, the value and what is allowed."""
+
+  def __init__(self, flag: str, value, allowed: str):
+    super().__init__(f'--{flag}={value}: {allowed}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a run depends on. Library code reads this, never global flags."""
+  dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...).')
+  data_dir: Optional[str] = _field(None, "TFDS data_dir; default is TFDS's own (which downloads).")
+  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192).')
+  mode: str = _field('ssl', 'ssl: semi-supervised GAN; supervised: the same D on the labeled images alone.')
+  unsup_loss: str = _field('salimans', 'Discriminator head and unsupervised loss: salimans, kplus1 or two_head.')
+  gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')
+  feature_norm: str = _field('l2', 'Feature matching distance: l2 (MNIST reference) or l1 (CIFAR/SVHN reference).')
+  unsup_weight: float = _field(1.0, "Weight of the unsupervised loss in D's loss.")
+  num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
+  label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
+  num_validation: int = _field(5000, 'Train images held out for validation (model selection).')
+  seed: int = _field(0, 'Seed for initialisation, batch order and noise.')
+  batch_size: int = _field(100, 'Global batch per stream (labeled, unlabeled, generated); divides over devices.')
+  eval_batch_size: int = _field(1000, 'Global evaluation batch; divides over devices.')
+  num_steps: int = _field(1000, 'Train steps in all (a resumed run continues to this).')
+  learning_rate: float = _field(0.003, 'Adam learning rate of D and G.')
+  adam_beta1: float = _field(0.5, 'Adam beta1.')
+  lr_decay_fraction: float = _field(0.0, 'Fraction of the steps, at the end, over which the rate falls linearly to 0.')
+  ema_decay: float = _field(0.9999, "Decay of the bias-corrected moving average of D's parameters.")
+  eval_params: str = _field('ema', 'Parameters evaluation uses: ema or raw.')
+  checkpoint_every: int = _field(1000, 'Steps between checkpoints (one is also saved at the end).')
+  keep_checkpoints: int = _field(3, 'Checkpoints kept (the newest).')
+  eval_every: int = _field(1000, 'Steps between validation evaluations.')
+  log_every: int = _field(100, 'Steps between metric writes.')
+
+  def replace(self, **changes) -> 'Config':
+    return dataclasses.replace(self, **changes)
+
+
+# Settings a resumed run may change; every other one must match the checkpoint.
+RESUMABLE_FIELDS = frozenset({
+    'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
+    'log_every', 'eval_batch_size', 'eval_params',
+})
+
+
+def _check_choice(config: Config, name: str, allowed) -> None:
+  value = getattr(config, name)
+  if value not in allowed:
+    raise ConfigError(name, value, f'allowed: {", ".join(allowed)}')
+
+
+def _check_at_least(config: Config, name: str, minimum) -> None:
+  value = getattr(config, name)
+  if value < minimum:
+    raise ConfigError(name, value, f'must be >= {minimum}')
+
+
+def validate(config: Config) -> None:
+  """Raises ConfigError for a setting that is wrong whatever the data and devices."""
+  _check_choice(config, 'model', MODELS)
+  _check_choice(config, 'mode', MODES)
+  _check_choice(config, 'unsup_loss', tuple(losses.HEADS))
+  _check_choice(config, 'gen_loss', losses.GEN_LOSSES)
+  _check_choice(config, 'feature_norm', losses.FEATURE_NORMS)
+  _check_choice(config, 'eval_params', EVAL_PARAMS)
+  for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
+               'keep_checkpoints', 'eval_every', 'log_every'):
+    _check_at_least(config, name, 1)
+  for name in ('num_steps', 'num_validation', 'unsup_weight'):
+    _check_at_least(config, name, 0)
+  if not config.learning_rate > 0:
+    raise ConfigError('learning_rate', config.learning_rate, 'must be > 0')
+  for name in ('adam_beta1', 'ema_decay'):
+    if not 0 <= getattr(config, name) < 1:
+      raise ConfigError(name, getattr(config, name), 'must be in [0, 1)')
+  if not 0 <= config.lr_decay_fraction <= 1:
+    raise ConfigError('lr_decay_fraction', config.lr_decay_fraction, 'must be in [0, 1]')
+
+
+def check_divisible_by_devices(config: Config, num_devices: int) -> None:
+  """Global batch sizes must split evenly over the local devices."""
+  for name in ('batch_size', 'eval_batch_size'):
+    value = getattr(config, name)
+    if value % num_devices:
+      raise ConfigError(name, value, f'must be a multiple of the device count ({num_devices})')
+
+
+def incompatible_fields(saved: dict, config: Config) -> list[str]:
+  """Names of settings that differ from a checkpoint's and may not change on resume."""
+  current = dataclasses.asdict(config)
+  return sorted(name for name in current
+                if name not in RESUMABLE_FIELDS and saved.get(name) != current[name])

@@ -1,0 +1,182 @@
+"""TFDS data for semi-supervised training: labeled subset, validation split, step-indexed batches.
+
+The train split is read into host memory once (uint8). A validation set is held out of it
+(fixed, independent of --label_seed); the class-balanced labeled subset is drawn from the rest
+by --label_seed, and the unlabeled stream is the whole of the rest. The batch at step t is a
+pure function of (seed, t): each stream walks through seeded per-epoch permutations, so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+import dataclasses
+import functools
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ssgan_jax.config import Config, ConfigError
+from ssgan_jax.models import MODEL_FAMILIES
+
+_VALIDATION_SPLIT_SEED = 0
+_LABELED_STREAM, _UNLABELED_STREAM, _UNLABELED_GEN_STREAM = 1, 2, 3
+_READ_CHUNK = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the run needs to know about a dataset before loading it."""
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  train_size: Optional[int]  # None where TFDS does not know it before preparing
+
+
+def dataset_info(config: Config) -> DatasetInfo:
+  """Reads a dataset's metadata and checks the config against it; raises ConfigError."""
+  if config.data_dir is not None and not os.access(config.data_dir, os.R_OK | os.X_OK):
+    raise ConfigError('data_dir', config.data_dir, 'must be a readable directory')
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ConfigError('dataset', config.dataset,
+                      'not a TFDS dataset; e.g. mnist, svhn_cropped, cifar10') from None
+  features = builder.info.features
+  if not {'image', 'label'} <= set(features.keys()):
+    raise ConfigError('dataset', config.dataset, "needs 'image' and 'label' features, has "
+                      + ', '.join(sorted(features.keys())))
+  splits = builder.info.splits
+  info = DatasetInfo(
+      num_classes=features['label'].num_classes,
+      image_shape=tuple(features['image'].shape),
+      train_size=splits['train'].num_examples if 'train' in splits else None)
+  check_against_dataset(config, info)
+  return info
+
+
+def check_against_dataset(config: Config, info: DatasetInfo) -> None:
+  """Raises ConfigError where the labeled subset or the model cannot fit the dataset."""
+  if config.num_labeled % info.num_classes:
+    raise ConfigError('num_labeled', config.num_labeled,
+                      f'must be a multiple of the class count ({info.num_classes})')
+  if info.train_size is not None and config.num_labeled + config.num_validation > info.train_size:
+    raise ConfigError('num_labeled', config.num_labeled,
+                      f'at most {info.train_size - config.num_validation} (the train split '
+                      f'has {info.train_size} images, --num_validation={config.num_validation})')
+  supported = MODEL_FAMILIES[config.model].supported_shape
+  if supported is not None and info.image_shape[:2] != supported:
+    raise ConfigError('model', config.model, f'makes {supported[0]}x{supported[1]} images; '
+                      f'{config.dataset} has {info.image_shape[0]}x{info.image_shape[1]}; '
+                      'use --model=mlp')
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedData:
+  """The arrays of one run, uint8 images NxHxWxC and int32 labels."""
+  labeled_images: np.ndarray
+  labeled_labels: np.ndarray
+  unlabeled_images: np.ndarray
+  validation_images: np.ndarray
+  validation_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+
+
+def load_split(config: Config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole TFDS split as (uint8 images, int32 labels)."""
+  # Chunks rather than batch_size=-1, which needs the split size in the metadata.
+  chunks = list(tfds.as_numpy(tfds.load(config.dataset, split=split, data_dir=config.data_dir,
+                                        batch_size=_READ_CHUNK)))
+  return (np.concatenate([c['image'] for c in chunks]).astype(np.uint8),
+          np.concatenate([c['label'] for c in chunks]).astype(np.int32))
+
+
+def split_train(labels: np.ndarray, num_classes: int, num_labeled: int, num_validation: int,
+                label_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Indices of (validation, labeled, unlabeled) within the train split.
+
+  Validation is a fixed random subset; the labeled subset has num_labeled / num_classes
+  images of each class, drawn from the rest by label_seed; unlabeled is all of the rest.
+  """
+  order = np.random.default_rng(_VALIDATION_SPLIT_SEED).permutation(len(labels))
+  validation, rest = order[:num_validation], np.sort(order[num_validation:])
+  shuffled_rest = np.random.default_rng(label_seed).permutation(rest)
+  per_class = num_labeled // num_classes
+  labeled = []
+  for c in range(num_classes):
+    of_class = shuffled_rest[labels[shuffled_rest] == c]
+    if len(of_class) < per_class:
+      raise ConfigError('num_labeled', num_labeled,
+                        f'needs {per_class} images of class {c}, the train split (less '
+                        f'validation) has {len(of_class)}')
+    labeled.append(of_class[:per_class])
+  return validation, np.sort(np.concatenate(labeled)), rest
+
+
+def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
+  """Loads train and test and splits train into validation, labeled and unlabeled."""
+  train_images, train_labels = load_split(config, 'train')
+  test_images, test_labels = load_split(config, 'test')
+  validation, labeled, unlabeled = split_train(
+      train_labels, info.num_classes, config.num_labeled, config.num_validation,
+      config.label_seed)
+  return SemiSupervisedData(
+      labeled_images=train_images[labeled], labeled_labels=train_labels[labeled],
+      unlabeled_images=train_images[unlabeled],
+      validation_images=train_images[validation], validation_labels=train_labels[validation],
+      test_images=test_images, test_labels=test_labels)
+
+
+class EpochSampler:
+  """Batch indices for step t: positions [t*B, (t+1)*B) of seeded per-epoch permutations."""
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int, stream: int):
+    self.num_examples, self.batch_size = num_examples, batch_size
+    self._permutation = functools.lru_cache(maxsize=2)(
+        lambda epoch: np.random.default_rng((seed, stream, epoch)).permutation(num_examples))
+
+  def indices(self, step: int) -> np.ndarray:
+    positions = step * self.batch_size + np.arange(self.batch_size)
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    return np.concatenate([self._permutation(int(e))[offsets[epochs == e]]
+                           for e in np.unique(epochs)])
+
+
+def shard(array: np.ndarray, num_shards: int) -> np.ndarray:
+  """Splits the leading batch axis into (num_shards, batch / num_shards, ...)."""
+  return array.reshape((num_shards, -1) + array.shape[1:])
+
+
+def train_batches(data: SemiSupervisedData, config: Config, start_step: int,
+                  num_devices: int) -> Iterator[dict]:
+  """Per-device sharded batches for steps start_step, start_step + 1, ...
+
+  Keys: labeled_images, labels and, in ssl mode, unlabeled_images (for D's step) and
+  unlabeled_images_gen (an independently shuffled batch for G's step, as in the reference).
+  """
+  labeled = EpochSampler(len(data.labeled_labels), config.batch_size, config.seed,
+                         _LABELED_STREAM)
+  unlabeled = {key: EpochSampler(len(data.unlabeled_images), config.batch_size, config.seed,
+                                 stream)
+               for key, stream in (('unlabeled_images', _UNLABELED_STREAM),
+                                   ('unlabeled_images_gen', _UNLABELED_GEN_STREAM))}
+  step = start_step
+  while True:
+    lab = labeled.indices(step)
+    batch = {'labeled_images': shard(data.labeled_images[lab], num_devices),
+             'labels': shard(data.labeled_labels[lab], num_devices)}
+    if config.mode == 'ssl':
+      for key, sampler in unlabeled.items():
+        batch[key] = shard(data.unlabeled_images[sampler.indices(step)], num_devices)
+    yield batch
+    step += 1
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                 num_devices: int) -> Iterator[dict]:
+  """Sharded batches covering every example once; padding is marked by mask == 0."""
+  for start in range(0, len(labels), batch_size):
+    count = min(batch_size, len(labels) - start)
+    pad = [(0, batch_size - count)]
+    batch = {'images': np.pad(images[start:start + count], pad + [(0, 0)] * (images.ndim - 1)),
+             'labels': np.pad(labels[start:start + count], pad),
+             'mask': np.pad(np.ones(count, np.float32), pad)}
+    yield {k: shard(v, num_devices) for k, v in batch.items()}

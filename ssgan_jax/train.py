@@ -1,0 +1,300 @@
+"""Train state, the per-device train and eval steps, and the training loop."""
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssgan_jax import checkpointing, input_pipeline, losses, models
+from ssgan_jax.config import Config, check_divisible_by_devices
+
+AXIS = 'batch'
+# Per-step random streams: each folds the step key with its own id.
+(_LABELED_NOISE, _UNLABELED_NOISE, _FAKE_NOISE, _DISC_LATENT, _GEN_LATENT,
+ _GEN_UNLABELED_NOISE, _GEN_FAKE_NOISE) = range(7)
+# Images for the data-dependent initialisation, as in the reference code.
+INIT_BATCH_SIZE = 500
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  disc_params: Any
+  disc_constants: Any      # D's untrained weight-norm scales
+  disc_opt_state: Any
+  disc_ema: optax.EmaState
+  gen_params: Any          # G's fields are None in supervised mode
+  gen_batch_stats: Any
+  gen_opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The pieces a run builds once from its config and dataset."""
+  config: Config
+  family: models.ModelFamily
+  head: losses.Head
+  num_classes: int
+  image_shape: tuple
+  disc: Any
+  optimizer: optax.GradientTransformation
+  ema: optax.GradientTransformation
+
+  @classmethod
+  def create(cls, config: Config, info: input_pipeline.DatasetInfo) -> 'Setup':
+    family = models.MODEL_FAMILIES[config.model]
+    head = losses.HEADS[config.unsup_loss]
+    return cls(config=config, family=family, head=head, num_classes=info.num_classes,
+               image_shape=info.image_shape,
+               disc=family.discriminator(info.num_classes + head.extra_outputs),
+               # The reference Adam adds its epsilon inside the square root.
+               optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
+                                    eps=0.0, eps_root=1e-8),
+               ema=optax.ema(config.ema_decay, debias=True))
+
+  def generator(self, axis_name: Optional[str]):
+    return self.family.generator(self.image_shape, axis_name)
+
+
+def learning_rate_schedule(config: Config) -> optax.Schedule:
+  """Constant, then linear to 0 over the last `lr_decay_fraction` of the steps."""
+  decay_steps = int(round(config.num_steps * config.lr_decay_fraction))
+  if decay_steps == 0:
+    return optax.constant_schedule(config.learning_rate)
+  return optax.join_schedules(
+      [optax.constant_schedule(config.learning_rate),
+       optax.linear_schedule(config.learning_rate, 0.0, decay_steps)],
+      [config.num_steps - decay_steps])
+
+
+def example_keys(step_key: jax.Array, stream: int, batch_size: int,
+                 axis_name: Optional[str]) -> jax.Array:
+  """One key per example of this device's shard, indexed by the example's global position."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
+  return jax.vmap(jax.random.fold_in, (None, 0))(
+      jax.random.fold_in(step_key, stream), offset + jnp.arange(batch_size))
+
+
+def create_train_state(setup: Setup, init_images_uint8: np.ndarray) -> TrainState:
+  """Initialises D (data-dependent, on real images with noise on) and, in ssl mode, G."""
+  config = setup.config
+  init_key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # no train step uses it
+  keys = functools.partial(example_keys, init_key, batch_size=len(init_images_uint8),
+                           axis_name=None)
+  disc_variables = setup.disc.init(jax.random.key(0),
+                                   setup.family.scale_pixels(init_images_uint8),
+                                   keys(_UNLABELED_NOISE))
+  disc_params = disc_variables.pop('params')
+  gen_params = gen_batch_stats = gen_opt_state = None
+  if config.mode == 'ssl':
+    gen_variables = setup.generator(None).init(jax.random.key(0),
+                                               models.sample_latent(keys(_DISC_LATENT)))
+    gen_params, gen_batch_stats = gen_variables['params'], gen_variables['batch_stats']
+    gen_opt_state = setup.optimizer.init(gen_params)
+  return TrainState(step=jnp.zeros([], jnp.int32), disc_params=disc_params,
+                    disc_constants=disc_variables, disc_opt_state=setup.optimizer.init(disc_params),
+                    disc_ema=setup.ema.init(disc_params), gen_params=gen_params,
+                    gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
+
+
+def eval_disc_variables(setup: Setup, state: TrainState, which: str) -> dict:
+  """D's variables with raw parameters, or with their bias-corrected moving average."""
+  params = state.disc_params
+  if which == 'ema' and int(state.disc_ema.count) > 0:
+    params = optax.tree.bias_correction(state.disc_ema.ema, setup.config.ema_decay,
+                                        state.disc_ema.count)
+  return {'params': params, **state.disc_constants}
+
+
+def train_step(setup: Setup, state: TrainState, batch: dict,
+               axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+  """One update of D (supervised + unsupervised loss) and then G, on one device's shard.
+
+  Gradients and metrics are averaged over `axis_name`. Randomness comes from
+  (seed, step, stream, global example index) only.
+  """
+  config, disc, head = setup.config, setup.disc, setup.head
+  mean = (lambda x: x) if axis_name is None else functools.partial(jax.lax.pmean,
+                                                                      axis_name=axis_name)
+  step_key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  x_lab = setup.family.scale_pixels(batch['labeled_images'])
+  labels = batch['labels']
+  b = x_lab.shape[0]
+  keys = functools.partial(example_keys, step_key, batch_size=b, axis_name=axis_name)
+  ssl = config.mode == 'ssl'
+
+  if ssl:
+    x_unl = setup.family.scale_pixels(batch['unlabeled_images'])
+    generator = setup.generator(axis_name)
+    gen_vars = {'params': state.gen_params, 'batch_stats': state.gen_batch_stats}
+    fake, _ = generator.apply(gen_vars, models.sample_latent(keys(_DISC_LATENT)),
+                              mutable=['batch_stats'])
+    d_inputs = jnp.concatenate([x_lab, x_unl, jax.lax.stop_gradient(fake)])
+    d_keys = jnp.concatenate([keys(_LABELED_NOISE), keys(_UNLABELED_NOISE), keys(_FAKE_NOISE)])
+  else:
+    d_inputs, d_keys = x_lab, keys(_LABELED_NOISE)
+
+  def disc_loss(params):
+    outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys)
+    sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
+    metrics = {'sup_loss': sup, 'train_accuracy': jnp.mean(
+        jnp.argmax(head.class_logits(outputs[:b], setup.num_classes), -1) == labels)}
+    total = sup
+    if ssl:
+      real_logit = head.real_logit(outputs[b:])
+      unsup = losses.unsupervised_real_fake(real_logit[:b], real_logit[b:])
+      total = sup + config.unsup_weight * unsup
+      metrics['unsup_loss'] = unsup
+    return total, metrics
+
+  (d_loss, metrics), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
+  d_grads = mean(d_grads)
+  updates, disc_opt_state = setup.optimizer.update(d_grads, state.disc_opt_state,
+                                                   state.disc_params)
+  disc_params = optax.apply_updates(state.disc_params, updates)
+  _, disc_ema = setup.ema.update(disc_params, state.disc_ema)
+  metrics.update(disc_loss=d_loss, disc_grad_norm=optax.global_norm(d_grads))
+  state = state.replace(step=state.step + 1, disc_params=disc_params,
+                        disc_opt_state=disc_opt_state, disc_ema=disc_ema)
+  if not ssl:
+    return state, mean(metrics)
+
+  x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
+  g_inputs_keys = jnp.concatenate([keys(_GEN_UNLABELED_NOISE), keys(_GEN_FAKE_NOISE)])
+  z = models.sample_latent(keys(_GEN_LATENT))
+
+  def gen_loss(params):
+    fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
+                                    z, mutable=['batch_stats'])
+    outputs, features = disc.apply({'params': disc_params, **state.disc_constants},
+                                   jnp.concatenate([x_unl_gen, fake]), g_inputs_keys)
+    loss = 0.0
+    if config.gen_loss in ('feature_matching', 'both'):
+      loss += losses.feature_matching(features[:b], features[b:], config.feature_norm,
+                                      axis_name)
+    if config.gen_loss in ('nonsaturating', 'both'):
+      loss += losses.nonsaturating(head.real_logit(outputs[b:]))
+    return loss, updated['batch_stats']
+
+  (g_loss, gen_batch_stats), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
+      state.gen_params)
+  g_grads = mean(g_grads)
+  updates, gen_opt_state = setup.optimizer.update(g_grads, state.gen_opt_state,
+                                                  state.gen_params)
+  state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
+                        gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
+  metrics.update(gen_loss=g_loss, gen_grad_norm=optax.global_norm(g_grads))
+  return state, mean(metrics)
+
+
+def eval_step(setup: Setup, disc_variables: Any, batch: dict) -> dict:
+  """Correct predictions and example count on one device's shard, summed over devices."""
+  outputs, _ = setup.disc.apply(disc_variables,
+                                setup.family.scale_pixels(batch['images']))
+  predictions = jnp.argmax(setup.head.class_logits(outputs, setup.num_classes), -1)
+  correct = jnp.sum((predictions == batch['labels']) * batch['mask'])
+  return jax.lax.psum({'correct': correct, 'count': jnp.sum(batch['mask'])}, AXIS)
+
+
+def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, labels) -> float:
+  """Accuracy of the replicated D variables on (images, labels)."""
+  totals = {'correct': 0.0, 'count': 0.0}
+  for batch in input_pipeline.eval_batches(images, labels, setup.config.eval_batch_size,
+                                           jax.local_device_count()):
+    result = flax.jax_utils.unreplicate(p_eval_step(disc_variables_replicated, batch))
+    totals = {k: totals[k] + float(result[k]) for k in totals}
+  return totals['correct'] / totals['count']
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+  """Trains to config.num_steps (resuming from workdir), evaluates on test, returns a summary."""
+  start_time = time.time()
+  num_devices = jax.local_device_count()
+  check_divisible_by_devices(config, num_devices)
+  info = input_pipeline.dataset_info(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpointing.Checkpointer(workdir, config)
+  checkpointer.check_compatible(config)
+
+  data = input_pipeline.load(config, info)
+  setup = Setup.create(config, info)
+  init_images = data.unlabeled_images if config.mode == 'ssl' else data.labeled_images
+  state = create_train_state(setup, init_images[:INIT_BATCH_SIZE])
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    logging.info('Resumed from step %d.', int(state.step))
+  parameter_overview.log_parameter_overview(state.disc_params, msg='Discriminator')
+  if state.gen_params is not None:
+    parameter_overview.log_parameter_overview(state.gen_params, msg='Generator')
+
+  writer = metric_writers.create_default_writer(workdir)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+
+  def write(step: int, scalars: dict) -> None:
+    writer.write_scalars(step, scalars)
+    _append_jsonl(metrics_path, {'step': step, **scalars})
+
+  p_train_step = jax.pmap(functools.partial(train_step, setup), axis_name=AXIS,
+                          donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, setup), axis_name=AXIS)
+
+  def accuracy(state, images, labels, which=config.eval_params) -> float:
+    variables = eval_disc_variables(setup, flax.jax_utils.unreplicate(state), which)
+    return evaluate(setup, p_eval_step, flax.jax_utils.replicate(variables), images, labels)
+
+  step = int(state.step)
+  state = flax.jax_utils.replicate(state)
+  batches = flax.jax_utils.prefetch_to_device(
+      input_pipeline.train_batches(data, config, step, num_devices), 2)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
+                                                    writer=writer)
+  pending_metrics = []
+  while step < config.num_steps:
+    state, metrics = p_train_step(state, next(batches))
+    step += 1
+    pending_metrics.append(metrics)
+    report_progress(step)
+    if step % config.log_every == 0 or step == config.num_steps:
+      scalars = {k: float(np.mean(v)) for k, v in
+                 jax.tree.map(lambda *m: np.stack(m), *jax.device_get(pending_metrics)).items()}
+      pending_metrics = []
+      bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+      if bad:
+        raise NonFiniteLossError(f'non-finite metrics at step {step}: {bad}')
+      write(step, scalars)
+    if step % config.eval_every == 0 or step == config.num_steps:
+      write(step, {'validation_accuracy': accuracy(state, data.validation_images,
+                                                   data.validation_labels)})
+    if step % config.checkpoint_every == 0 or step == config.num_steps:
+      checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
+
+  summary = {'step': step,
+             'test_accuracy': accuracy(state, data.test_images, data.test_labels),
+             'test_accuracy_raw': accuracy(state, data.test_images, data.test_labels, 'raw')}
+  if data.validation_labels.size:
+    summary['validation_accuracy'] = accuracy(state, data.validation_images,
+                                              data.validation_labels)
+  summary['wall_seconds'] = round(time.time() - start_time, 2)
+  write(step, {k: v for k, v in summary.items() if k != 'step'})
+  checkpointer.close()
+  writer.close()
+  return summary

@@ -1,0 +1,19 @@
+"""Shared fixtures."""
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir() -> str:
+  """A TFDS data_dir holding the real, prepared mnist/3.0.1; skips the test where there is none.
+
+  From $SSGAN_TFDS_DIR, else shared/tfds next to the project folder.
+  """
+  env = os.environ.get('SSGAN_TFDS_DIR')
+  path = Path(env) if env else Path(__file__).resolve().parents[2] / 'shared' / 'tfds'
+  if not (path / 'mnist' / '3.0.1').is_dir():
+    pytest.skip(f'real MNIST not found: {path}/mnist/3.0.1 does not exist '
+                '(set SSGAN_TFDS_DIR to a TFDS data_dir holding prepared mnist 3.0.1)')
+  return str(path)
