@@ -167,7 +167,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
                                                    state.disc_params)
   disc_params = optax.apply_updates(state.disc_params, updates)
   _, disc_ema = setup.ema.update(disc_params, state.disc_ema)
-  metrics.update(disc_loss=d_loss, disc_grad_norm=optax.global_norm(d_grads))
+  metrics.update(disc_loss=d_loss, disc_grad_norm=optax.tree.norm(d_grads))
   state = state.replace(step=state.step + 1, disc_params=disc_params,
                         disc_opt_state=disc_opt_state, disc_ema=disc_ema)
   if not ssl:
@@ -197,7 +197,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
                                                   state.gen_params)
   state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
                         gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
-  metrics.update(gen_loss=g_loss, gen_grad_norm=optax.global_norm(g_grads))
+  metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads))
   return state, mean(metrics)
 
 

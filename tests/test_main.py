@@ -1,0 +1,110 @@
+"""The command line, run as a user runs it: `python -m ssgan_jax.main --flagfile=...`."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_FLAGS = REPO / 'experiments' / 'tiny.flags'
+
+
+def run_main(*args, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
+  env = {**os.environ, **(env_extra or {})}
+  return subprocess.run([sys.executable, '-m', 'ssgan_jax.main', f'--flagfile={TINY_FLAGS}',
+                         *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                        env=env)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+  return [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+
+
+def listing(directory: pathlib.Path) -> dict:
+  return {str(p.relative_to(directory)): p.stat().st_mtime_ns
+          for p in sorted(directory.rglob('*'))}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, mnist_data_dir):
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  return workdir, run_main(f'--data_dir={mnist_data_dir}', f'--workdir={workdir}')
+
+
+def test_tiny_run_exits_0_and_leaves_checkpoints_and_metrics(trained):
+  workdir, result = trained
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary['step'] == 6
+  assert 0.0 <= summary['test_accuracy'] <= 1.0 and summary['wall_seconds'] > 0
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['3', '6']
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert {r['step'] for r in records} == {3, 6}
+  assert any('validation_accuracy' in r for r in records)
+  assert any('disc_loss' in r and 'gen_loss' in r for r in records)
+  assert list(workdir.glob('events.out.tfevents.*'))
+
+
+def test_rerun_with_other_settings_is_refused_and_changes_nothing(trained, mnist_data_dir):
+  workdir, first = trained
+  assert first.returncode == 0
+  before = listing(workdir / 'checkpoints')
+  result = run_main(f'--data_dir={mnist_data_dir}', f'--workdir={workdir}', '--num_labeled=30')
+  assert result.returncode == 2
+  [line] = error_lines(result)
+  assert f'--workdir={workdir}' in line and '--num_labeled: checkpoint 20, now 30' in line
+  assert 'Traceback' not in result.stderr
+  assert listing(workdir / 'checkpoints') == before
+
+
+def test_rerun_with_more_steps_resumes(trained, mnist_data_dir, tmp_path):
+  workdir, first = trained
+  assert first.returncode == 0
+  resumed = tmp_path / 'resumed'
+  subprocess.run(['cp', '-r', str(workdir), str(resumed)], check=True)
+  result = run_main(f'--data_dir={mnist_data_dir}', f'--workdir={resumed}', '--num_steps=9')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resumed from step 6' in result.stderr
+  assert json.loads(result.stdout.strip().splitlines()[-1])['step'] == 9
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--unsup_loss=bogus'], '--unsup_loss=bogus: allowed: salimans, kplus1, two_head'),
+    (['--gen_loss=adversarial'], '--gen_loss=adversarial: allowed: '),
+    (['--model=resnet'], '--model=resnet: allowed: mlp, conv_small, conv_large'),
+    (['--num_steps=-5'], '--num_steps=-5: must be >= 0'),
+    (['--learning_rate=0'], '--learning_rate=0.0: must be > 0'),
+    (['--dataset=no_such_dataset_xyz'], '--dataset=no_such_dataset_xyz: not a TFDS dataset'),
+    (['--data_dir=/no/such/dir'], '--data_dir=/no/such/dir: must be a readable directory'),
+    (['--no_such_flag=3'], 'no_such_flag'),
+    (['--batch_size=abc'], '--batch_size'),
+    (['--flagfile=/no/such.flags'], '/no/such.flags'),
+    (['--workdir='], '--workdir is required'),
+])
+def test_bad_flags_exit_2_with_one_line(args, expected, tmp_path):
+  workdir = tmp_path / 'run'
+  result = run_main(f'--workdir={workdir}', *args)
+  assert result.returncode == 2, result.stderr[-3000:]
+  [line] = error_lines(result)
+  assert expected in line
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--num_labeled=25'], '--num_labeled=25: must be a multiple of the class count (10)'),
+    (['--num_labeled=60000'], '--num_labeled=60000: at most 59800'),
+    (['--model=conv_small'], '--model=conv_small: makes 32x32 images'),
+    (['--batch_size=10'], '--batch_size=10: must be a multiple of the device count (4)'),
+])
+def test_bad_settings_for_the_data_or_devices_exit_2(args, expected, tmp_path, mnist_data_dir):
+  workdir = tmp_path / 'run'
+  result = run_main(f'--workdir={workdir}', f'--data_dir={mnist_data_dir}', *args,
+                    env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert result.returncode == 2, result.stderr[-3000:]
+  [line] = error_lines(result)
+  assert expected in line
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / 'checkpoints').exists()

@@ -1,0 +1,408 @@
+"""Tests of ssgan_jax.models: shapes, parameter counts, data-dependent init, weight norm,
+per-example noise and pixel scaling, for every model family.
+
+Expected parameter counts are written out from the architecture (layer widths and kernel
+sizes), not read back from the modules. Everything runs through `jax.jit` on small
+batches, and each model is built and initialised once per session (`functools.cache`),
+because compiling dominates the cost on CPU.
+"""
+import functools
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssgan_jax import models
+
+FAMILIES = ['mlp', 'conv_small', 'conv_large']
+IMAGE_SHAPE = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'conv_large': (32, 32, 3)}
+FEATURES = {'mlp': 250, 'conv_small': 128, 'conv_large': 192}
+CONV_WIDTHS = {'conv_small': (64, 128), 'conv_large': (96, 192)}
+OUTPUT_INIT_SCALE = {'mlp': 1.0, 'conv_small': 0.1, 'conv_large': 0.1}
+K = 10       # classes
+B = 8        # batch for discriminators (even: split in halves below)
+B_G = 4      # batch for generators
+
+
+def num_params(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def random_images(family, batch=B, seed=0):
+  low, high = models.MODEL_FAMILIES[family].pixel_range
+  return jax.random.uniform(jax.random.key(seed), (batch, *IMAGE_SHAPE[family]),
+                            minval=low, maxval=high)
+
+
+def example_keys(batch=B, seed=1):
+  return jax.random.split(jax.random.key(seed), batch)
+
+
+# ---------------------------------------------------------------------------
+# Built and initialised once per session.
+
+@functools.cache
+def discriminator(family):
+  """(D with K + 1 outputs, variables, init images, apply).
+
+  `apply(variables, images, keys)` is jitted and returns ((logits, features),
+  intermediates): one function for every test, so each shape compiles once.
+  """
+  d = models.MODEL_FAMILIES[family].discriminator(K + 1)
+  images = random_images(family)
+  variables = jax.jit(d.init)(jax.random.key(0), images)
+
+  @jax.jit
+  def apply(variables, images, keys):
+    out, state = d.apply(variables, images, keys, capture_intermediates=True)
+    return out, state['intermediates']
+
+  return d, variables, images, apply
+
+
+@functools.cache
+def _init_generator(g):
+  z = models.sample_latent(example_keys(B_G, seed=2))
+  variables = jax.jit(g.init)(jax.random.key(0), z)
+  apply = jax.jit(functools.partial(g.apply, mutable=['batch_stats']))
+  return g, variables, z, apply
+
+
+def generator(family):
+  """(G, variables, latent z, jitted apply returning (images, {'batch_stats': ...})).
+
+  Cached per module, so the conv families (same generator) share one.
+  """
+  return _init_generator(models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None))
+
+
+@functools.cache
+def d_outputs(family, keys_seed=None, part=None):
+  """D's (logits, features) on its init images; keys from `keys_seed` (None:
+  deterministic); `part` 0/1 applies it to that half of the batch and of the keys."""
+  _, variables, images, apply = discriminator(family)
+  keys = None if keys_seed is None else example_keys(B, keys_seed)
+  if part is not None:
+    half = slice(part * B // 2, (part + 1) * B // 2)
+    images = images[half]
+    keys = None if keys is None else keys[half]
+  return jax.device_get(apply(variables, images, keys)[0])
+
+
+# ---------------------------------------------------------------------------
+# Architecture formulas.
+
+def expected_d_counts(family, num_outputs):
+  """(trainable 'params', fixed 'constants') of the discriminator."""
+  if family == 'mlp':
+    widths = [784, 1000, 500, 250, 250, 250]
+    hidden = list(zip(widths[:-1], widths[1:]))
+    head_in = widths[-1]
+    hidden_kernels = sum(i * o for i, o in hidden)
+    hidden_units = sum(o for _, o in hidden)
+  else:
+    n, w = CONV_WIDTHS[family]
+    c = IMAGE_SHAPE[family][-1]
+    conv3 = [(c, n), (n, n), (n, n), (n, w), (w, w), (w, w), (w, w)]  # last is VALID
+    conv1 = [(w, w), (w, w)]
+    head_in = w
+    hidden_kernels = sum(9 * i * o for i, o in conv3) + sum(i * o for i, o in conv1)
+    hidden_units = sum(o for _, o in conv3 + conv1)
+  # Hidden layers: kernel + bias trained, scale fixed. Head: kernel + bias + scale trained.
+  params = hidden_kernels + hidden_units + head_in * num_outputs + 2 * num_outputs
+  constants = hidden_units
+  return params, constants
+
+
+def expected_g_counts(family):
+  """(trainable 'params', 'batch_stats') of the generator."""
+  z = models.LATENT_DIM
+  if family == 'mlp':
+    out = math.prod(IMAGE_SHAPE[family])
+    params = (z * 500 + 500            # dense (no bias), BN bias (no scale)
+              + 500 * 500 + 500
+              + 500 * out + 2 * out)   # weight-normed dense: kernel, scale, bias
+    bn_units = 500 + 500
+  else:
+    c = IMAGE_SHAPE[family][-1]
+    params = (z * 4 * 4 * 512 + 4 * 4 * 512       # dense (no bias), BN bias per unit
+              + 25 * 512 * 256 + 256               # 5x5 transposed convs, BN bias
+              + 25 * 256 * 128 + 128
+              + 25 * 128 * c + 2 * c)              # weight-normed: kernel, scale, bias
+    bn_units = 4 * 4 * 512 + 256 + 128
+  return params, 2 * bn_units                      # batch stats: mean and var
+
+
+# ---------------------------------------------------------------------------
+# 1. Shapes and ranges.
+
+@pytest.mark.parametrize('extra', [0, 1])
+@pytest.mark.parametrize('family', FAMILIES)
+def test_discriminator_output_shapes(family, extra):
+  d = models.MODEL_FAMILIES[family].discriminator(K + extra)
+  images = jax.ShapeDtypeStruct((B, *IMAGE_SHAPE[family]), jnp.float32)
+  variables = jax.eval_shape(d.init, jax.random.key(0), images)
+  for keys in (None, jax.eval_shape(example_keys)):
+    logits, features = jax.eval_shape(d.apply, variables, images, keys)
+    assert logits.shape == (B, K + extra)
+    assert features.shape == (B, FEATURES[family])
+    assert logits.dtype == features.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_generator_output_shape_and_range(family):
+  _, variables, z, apply = generator(family)
+  images, updates = apply(variables, z)
+  assert images.shape == (B_G, *IMAGE_SHAPE[family])
+  assert images.dtype == jnp.float32
+  low, high = models.MODEL_FAMILIES[family].pixel_range
+  assert low <= float(images.min()) and float(images.max()) <= high
+  assert float(images.max()) - float(images.min()) > 1e-3     # not a constant image
+  assert set(updates) == {'batch_stats'}
+
+
+def test_generator_batch_norm_over_named_axis():
+  """With `axis_name`, G's batch norm pools statistics over that axis: the batch split in
+  two shards (vmap standing in for devices) gives the unsplit batch's images and stats."""
+  _, variables, z, apply = generator('mlp')
+  images, updates = apply(variables, z)
+  g = models.MODEL_FAMILIES['mlp'].generator(IMAGE_SHAPE['mlp'], 'batch')
+  sharded = jax.jit(jax.vmap(
+      lambda zs: g.apply(variables, zs, mutable=['batch_stats']), axis_name='batch'))
+  images_s, updates_s = sharded(z.reshape(2, B_G // 2, -1))
+  np.testing.assert_allclose(images_s.reshape(images.shape), images, atol=1e-5)
+  stats = flax.traverse_util.flatten_dict(updates['batch_stats'])
+  for path, stat in flax.traverse_util.flatten_dict(updates_s['batch_stats']).items():
+    for shard in stat:
+      np.testing.assert_allclose(shard, stats[path], rtol=1e-4, atol=1e-6)
+
+
+def test_sample_latent():
+  keys = example_keys(6, seed=3)
+  z = models.sample_latent(keys)
+  assert z.shape == (6, models.LATENT_DIM)
+  assert float(z.min()) >= 0.0 and float(z.max()) < 1.0
+  np.testing.assert_array_equal(models.sample_latent(keys[2:4]), z[2:4])  # per key
+  assert not np.allclose(z[0], z[1])
+
+
+# ---------------------------------------------------------------------------
+# 2. Parameter counts.
+
+@pytest.mark.parametrize('extra', [0, 1])
+@pytest.mark.parametrize('family', FAMILIES)
+def test_discriminator_parameter_counts(family, extra):
+  d = models.MODEL_FAMILIES[family].discriminator(K + extra)
+  images = jax.ShapeDtypeStruct((B, *IMAGE_SHAPE[family]), jnp.float32)
+  variables = jax.eval_shape(d.init, jax.random.key(0), images)
+  assert set(variables) == {'params', 'constants'}
+  params, constants = expected_d_counts(family, K + extra)
+  assert num_params(variables['params']) == params
+  assert num_params(variables['constants']) == constants
+
+  # The only trainable scale is the head's; every hidden layer's lives in 'constants'.
+  flat_params = flax.traverse_util.flatten_dict(variables['params'], sep='/')
+  scales = [p for p in flat_params if p.endswith('scale')]
+  assert len(scales) == 1 and flat_params[scales[0]].shape == (K + extra,)
+  n_hidden = 5 if family == 'mlp' else 9
+  flat_constants = flax.traverse_util.flatten_dict(variables['constants'], sep='/')
+  assert len(flat_constants) == n_hidden
+  assert all(p.endswith('scale') for p in flat_constants)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_generator_parameter_counts(family):
+  _, variables, _, _ = generator(family)
+  assert set(variables) == {'params', 'batch_stats'}      # no fixed scales in G
+  params, stats = expected_g_counts(family)
+  assert num_params(variables['params']) == params
+  assert num_params(variables['batch_stats']) == stats
+  flat = flax.traverse_util.flatten_dict(variables['params'], sep='/')
+  scales = [p for p in flat if p.endswith('scale')]         # BN has no scale
+  # The output layer's scale: per pixel (MLP dense) or per channel (transposed conv).
+  head_units = math.prod(IMAGE_SHAPE[family]) if family == 'mlp' else IMAGE_SHAPE[family][-1]
+  assert len(scales) == 1 and flat[scales[0]].shape == (head_units,)
+
+
+# ---------------------------------------------------------------------------
+# 3. Data-dependent init.
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_data_dependent_init_normalises_logits(family):
+  logits, _ = d_outputs(family)
+  logits = np.asarray(logits, np.float64)
+  scale = OUTPUT_INIT_SCALE[family]
+  np.testing.assert_allclose(logits.mean(0), 0.0, atol=1e-4 * scale)
+  np.testing.assert_allclose(logits.std(0), scale, rtol=1e-3)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_data_dependent_init_normalises_hidden_layers(family):
+  """Every hidden weight-normed layer's output (before the nonlinearity) is normalised
+  on the init batch, and its fixed scale is what did it."""
+  _, variables, images, apply = discriminator(family)
+  _, intermediates = apply(variables, images, None)
+  outputs = flax.traverse_util.flatten_dict(intermediates, sep='/')
+  constants = flax.traverse_util.flatten_dict(variables['constants'], sep='/')
+  assert len(constants) == (5 if family == 'mlp' else 9)
+  for path, scale in constants.items():
+    layer = path.rsplit('/', 2)[0]                 # e.g. WNDense_0 or WNConv_3
+    (y,) = outputs[f'{layer}/ScaleBias_0/__call__']
+    y = np.asarray(y, np.float64).reshape(-1, y.shape[-1])
+    assert scale.shape == (y.shape[-1],)
+    assert np.all(np.asarray(scale) > 0) and not np.allclose(scale, 1.0)
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4, err_msg=layer)
+    np.testing.assert_allclose(y.std(0), 1.0, rtol=1e-3, err_msg=layer)
+
+
+def test_generator_output_layer_without_data_init():
+  """The MLP generator's output layer starts at scale 1, bias 0 (no data init)."""
+  _, variables, _, _ = generator('mlp')
+  head = variables['params']['WNDense_0']['ScaleBias_0']
+  np.testing.assert_array_equal(head['scale'], 1.0)
+  np.testing.assert_array_equal(head['bias'], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# 4. Weight normalisation.
+
+def _kernel_path(family):
+  return ('WNDense_1', 'Dense_0', 'kernel') if family == 'mlp' else (
+      'WNConv_1', 'Conv_0', 'kernel')
+
+
+def _map_kernel(variables, path, fn):
+  params = flax.core.unfreeze(variables['params'])
+  node = params
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = fn(node[path[-1]])
+  return {**variables, 'params': params}
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_weight_norm_invariant_to_kernel_scale(family):
+  _, variables, images, apply = discriminator(family)
+  path = _kernel_path(family)
+  logits, features = d_outputs(family)
+
+  scaled = _map_kernel(variables, path, lambda v: 3.0 * v)
+  logits3, features3 = apply(scaled, images, None)[0]
+  np.testing.assert_allclose(logits3, logits, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(features3, features, rtol=1e-4, atol=1e-5)
+
+  # ...but not to other changes of the same kernel (the test can see the kernel).
+  perturbed = _map_kernel(
+      variables, path, lambda v: v + 0.05 * jax.random.normal(jax.random.key(5), v.shape))
+  logits_p, _ = apply(perturbed, images, None)[0]
+  assert np.abs(np.asarray(logits_p) - logits).max() > 1e-3
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_generator_weight_norm_invariant_to_kernel_scale(family):
+  _, variables, z, apply = generator(family)
+  path = (('WNDense_0', 'Dense_0', 'kernel') if family == 'mlp'
+          else ('WNConv_0', 'ConvTranspose_0', 'kernel'))
+  images, _ = apply(variables, z)
+  images3, _ = apply(_map_kernel(variables, path, lambda v: 3.0 * v), z)
+  np.testing.assert_allclose(images3, images, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# 5. Per-example noise.
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_deterministic_without_keys(family):
+  _, variables, images, apply = discriminator(family)
+  first = d_outputs(family)
+  second = apply(variables, images, None)[0]
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_keys_make_noise(family):
+  det_logits, det_features = d_outputs(family)
+  logits, features = d_outputs(family, keys_seed=1)
+  # Every example is perturbed (noise or dropout), logits and features alike.
+  assert np.all(np.abs(logits - det_logits).max(1) > 1e-3)
+  assert np.all(np.abs(features - det_features).max(1) > 1e-3)
+  other_logits, _ = d_outputs(family, keys_seed=2)
+  assert np.all(np.abs(other_logits - logits).max(1) > 1e-3)
+
+  # The input is perturbed too (Gaussian noise for MLP, dropout for conv): the first
+  # layer's outputs already differ.
+  _, variables, images, apply = discriminator(family)
+  first = 'WNDense_0' if family == 'mlp' else 'WNConv_0'
+  (det_first,) = apply(variables, images, None)[1][first]['__call__']
+  (noisy_first,) = apply(variables, images, example_keys(B, seed=1))[1][first]['__call__']
+  assert np.all(np.abs(np.asarray(noisy_first - det_first)).reshape(B, -1).max(1) > 1e-3)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_features_are_last_hidden_activations_before_noise(family):
+  """Feature matching uses the last hidden layer after its nonlinearity (and, for conv,
+  the global mean pool) but before any noise is added, with keys as well as without."""
+  _, variables, images, apply = discriminator(family)
+  for keys in (None, example_keys(B, seed=1)):
+    (_, features), intermediates = apply(variables, images, keys)
+    if family == 'mlp':
+      (pre,) = intermediates['WNDense_4']['__call__']
+      expected = jax.nn.relu(pre)
+    else:
+      (pre,) = intermediates['WNConv_8']['__call__']
+      expected = jnp.mean(jax.nn.leaky_relu(pre, 0.2), axis=(1, 2))
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_same_keys_same_noise(family):
+  _, variables, images, apply = discriminator(family)
+  first = d_outputs(family, keys_seed=1)
+  second = apply(variables, images, example_keys(B, seed=1))[0]
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_noise_depends_only_on_the_example_key(family):
+  """Halves of the batch with their halves of the keys give the whole batch's outputs:
+  what lets data-parallel training reproduce single-device noise."""
+  whole = d_outputs(family, keys_seed=1)
+  halves = [d_outputs(family, keys_seed=1, part=p) for p in (0, 1)]
+  for i in range(2):        # logits, features
+    joined = np.concatenate([halves[0][i], halves[1][i]])
+    np.testing.assert_allclose(joined, whole[i], rtol=1e-5, atol=1e-5)
+
+
+def test_example_noise_statistics():
+  """The noise helper: dropout keeps about 1 - rate of the entries, scaled by
+  1 / (1 - rate); Gaussian noise has the requested std; both need keys."""
+  x = jnp.ones((4, 64, 64))
+  keys = example_keys(4, seed=7)
+  dropped = np.asarray(models.ExampleNoise(keys).dropout(x, 0.2))
+  assert set(np.unique(dropped)) <= {0.0, np.float32(1 / 0.8)}
+  assert abs((dropped != 0).mean() - 0.8) < 0.02
+  noisy = np.asarray(models.ExampleNoise(keys).gaussian(x, 0.3))
+  assert abs((noisy - 1).std() - 0.3) < 0.01 and abs((noisy - 1).mean()) < 0.01
+  np.testing.assert_array_equal(models.ExampleNoise(None).dropout(x, 0.5), x)
+  np.testing.assert_array_equal(models.ExampleNoise(None).gaussian(x, 0.5), x)
+  # Successive draws from one ExampleNoise differ (one fresh key per layer).
+  noise = models.ExampleNoise(keys)
+  assert not np.array_equal(noise.gaussian(x, 0.3), noise.gaussian(x, 0.3))
+
+
+# ---------------------------------------------------------------------------
+# 6. Pixel scaling.
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_scale_pixels(family):
+  fam = models.MODEL_FAMILIES[family]
+  low, high = fam.pixel_range
+  pixels = jnp.array([0, 51, 255], jnp.uint8)
+  scaled = fam.scale_pixels(pixels)
+  assert scaled.dtype == jnp.float32
+  np.testing.assert_allclose(scaled, [low, low + 0.2 * (high - low), high], atol=1e-6)

@@ -1,0 +1,127 @@
+"""The train step on fixed batches, and whole runs through train_and_evaluate on mock data."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ssgan_jax import checkpointing, input_pipeline, losses, models, train
+from ssgan_jax.config import Config
+
+MNIST_INFO = input_pipeline.DatasetInfo(num_classes=10, image_shape=(28, 28, 1), train_size=None)
+
+
+def tiny_config(**changes) -> Config:
+  return Config(num_labeled=20, num_validation=20, batch_size=16, eval_batch_size=50,
+                num_steps=4, checkpoint_every=2, eval_every=2, log_every=2,
+                ema_decay=0.9).replace(**changes)
+
+
+def striped_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A learnable toy task: class c lights up rows 2c and 2c + 1, on a noisy background."""
+  images = rng.integers(0, 64, (len(labels), 28, 28, 1))
+  for i, label in enumerate(labels):
+    images[i, 2 * label:2 * label + 2] = 255
+  return images.astype(np.uint8)
+
+
+def fixed_batch(config: Config, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  labels = rng.permutation(np.arange(config.batch_size) % 10)
+  unlabeled = lambda: striped_images(rng.integers(0, 10, config.batch_size), rng)
+  return {'labeled_images': striped_images(labels, rng), 'labels': labels,
+          'unlabeled_images': unlabeled(), 'unlabeled_images_gen': unlabeled()}
+
+
+@functools.lru_cache
+def train_on_fixed_batch(config: Config, num_steps: int = 20):
+  """Trains on one fixed batch on a single device (once per config, shared by tests).
+
+  Returns (setup, batch, states after 0, 1 and num_steps steps).
+  """
+  setup = train.Setup.create(config, MNIST_INFO)
+  batch = fixed_batch(config)
+  step = jax.jit(lambda s, b: train.train_step(setup, s, b, axis_name=None))
+  states = [train.create_train_state(setup, batch['unlabeled_images'])]
+  for _ in range(num_steps):
+    state, metrics = step(states[-1], batch)
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+    states.append(state)
+  return setup, batch, states[0], states[1], states[-1]
+
+
+def noiseless_losses(setup, batch, disc_state, gen_state=None) -> dict:
+  """D's and G's losses on the fixed batch with noise off and a fixed latent batch."""
+  disc_vars = {'params': disc_state.disc_params, **disc_state.disc_constants}
+  scale = setup.family.scale_pixels
+  outputs, _ = setup.disc.apply(disc_vars, scale(batch['labeled_images']))
+  result = {'sup': losses.supervised_cross_entropy(setup.head.supervised_logits(outputs),
+                                                   batch['labels'])}
+  if gen_state is not None:
+    z = models.sample_latent(jax.random.split(jax.random.key(1), len(batch['labels'])))
+    fake, _ = setup.generator(None).apply(
+        {'params': gen_state.gen_params, 'batch_stats': gen_state.gen_batch_stats}, z,
+        mutable=['batch_stats'])
+    out_unl, feat_unl = setup.disc.apply(disc_vars, scale(batch['unlabeled_images_gen']))
+    out_fake, feat_fake = setup.disc.apply(disc_vars, fake)
+    result['unsup'] = losses.unsupervised_real_fake(setup.head.real_logit(out_unl),
+                                                    setup.head.real_logit(out_fake))
+    result['feature_matching'] = losses.feature_matching(feat_unl, feat_fake)
+    result['nonsaturating'] = losses.nonsaturating(setup.head.real_logit(out_fake))
+  return {k: float(v) for k, v in result.items()}
+
+
+@pytest.mark.parametrize('unsup_loss', ['salimans', 'kplus1', 'two_head'])
+def test_ssl_steps_lower_discriminator_losses(unsup_loss):
+  config = tiny_config(unsup_loss=unsup_loss)
+  setup, batch, initial, _, final = train_on_fixed_batch(config)
+  before = noiseless_losses(setup, batch, initial, initial)
+  after = noiseless_losses(setup, batch, final, final)
+  assert after['sup'] < 0.5 * before['sup']
+  assert after['unsup'] < before['unsup']
+
+
+def test_ssl_steps_lower_generator_losses_against_the_trained_discriminator():
+  config = tiny_config(gen_loss='both')
+  setup, batch, initial, _, final = train_on_fixed_batch(config)
+  untrained_gen = noiseless_losses(setup, batch, final, initial)
+  trained_gen = noiseless_losses(setup, batch, final, final)
+  assert trained_gen['feature_matching'] < untrained_gen['feature_matching']
+  assert trained_gen['nonsaturating'] < untrained_gen['nonsaturating']
+
+
+def test_supervised_steps_train_only_the_discriminator():
+  setup, batch, initial, _, final = train_on_fixed_batch(tiny_config(mode='supervised'))
+  assert final.gen_params is None
+  assert (noiseless_losses(setup, batch, final)['sup']
+          < 0.5 * noiseless_losses(setup, batch, initial)['sup'])
+
+
+def test_ema_evaluation_is_bias_corrected():
+  setup, _, _, state, _ = train_on_fixed_batch(tiny_config(mode='supervised'))
+  # After one step the corrected average is exactly the new parameters.
+  ema = train.eval_disc_variables(setup, state, 'ema')['params']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               ema, state.disc_params)
+
+
+def final_params(workdir: str, config: Config) -> dict:
+  checkpointer = checkpointing.Checkpointer(workdir, config)
+  setup = train.Setup.create(config, MNIST_INFO)
+  template = train.create_train_state(setup, np.zeros((2, 28, 28, 1), np.uint8))
+  state = checkpointer.restore(template)
+  checkpointer.close()
+  return jax.device_get(state)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = tiny_config(num_steps=6, checkpoint_every=3)
+  with tfds.testing.mock_data(num_examples=200):
+    straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    first_half = train.train_and_evaluate(config.replace(num_steps=3), str(tmp_path / 'resumed'))
+    resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert first_half['step'] == 3 and resumed['step'] == straight['step'] == 6
+  a, b = final_params(str(tmp_path / 'straight'), config), final_params(str(tmp_path / 'resumed'), config)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert resumed['test_accuracy'] == straight['test_accuracy']
