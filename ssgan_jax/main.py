@@ -77,6 +77,9 @@ def main(argv: list[str]) -> None:
     summary = train.train_and_evaluate(config, flags.FLAGS.workdir)
   except config_lib.ConfigError as e:
     _fail(str(e))
+  except FloatingPointError as e:  # train.NonFiniteLossError
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   logging.info('Done: %s', summary)
   print(json.dumps(summary), flush=True)
 

@@ -54,9 +54,17 @@ class ScaleBias(nn.Module):
     return y * scale + self.param('bias', bias_init)
 
 
-def weight_norm(layer: nn.Module) -> nn.Module:
-  """`layer` (without bias) with its kernel normalised per output feature."""
-  return nn.WeightNorm(layer, use_scale=False)
+def unit_kernel_output(layer: nn.Module, x: jax.Array) -> jax.Array:
+  """`layer(x)` as if its kernel v were v / ||v|| per output feature.
+
+  The layer (Dense, Conv or ConvTranspose, without bias) is linear in its kernel, so
+  dividing its output by the norms is the same as normalising the kernel. Unlike
+  `nn.WeightNorm`, which stores v already normalised at init, this keeps v at its
+  initialiser's scale, and with it the reference's effective step size on v's direction.
+  """
+  y = layer(x)
+  v = layer.variables['params']['kernel']
+  return y * jax.lax.rsqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))) + 1e-12)
 
 
 class WNDense(nn.Module):
@@ -68,7 +76,7 @@ class WNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = weight_norm(nn.Dense(self.features, use_bias=False, kernel_init=self.v_init))(x)
+    y = unit_kernel_output(nn.Dense(self.features, use_bias=False, kernel_init=self.v_init), x)
     return ScaleBias(self.init_scale, self.trainable_scale, self.data_init)(y)
 
 
@@ -87,7 +95,7 @@ class WNConv(nn.Module):
     layer = conv(self.features, (self.kernel,) * 2, strides=(self.stride,) * 2,
                  padding=self.padding, use_bias=False,
                  kernel_init=_CONV_V_INIT)
-    return ScaleBias(self.init_scale, self.trainable_scale)(weight_norm(layer)(x))
+    return ScaleBias(self.init_scale, self.trainable_scale)(unit_kernel_output(layer, x))
 
 
 @dataclasses.dataclass

@@ -220,6 +220,17 @@ def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, label
   return totals['correct'] / totals['count']
 
 
+def finite_means(step_metrics: list[dict], step: int) -> dict:
+  """Means over steps of per-device metrics; raises NonFiniteLossError on NaN or inf."""
+  stacked = jax.tree.map(lambda *m: np.stack(m), *jax.device_get(step_metrics))
+  means = {k: float(np.mean(v)) for k, v in stacked.items()}
+  bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+  if bad:
+    raise NonFiniteLossError(f'training diverged by step {step}: non-finite {bad}; '
+                             'the last checkpoint is from before it')
+  return means
+
+
 def _append_jsonl(path: str, record: dict) -> None:
   with open(path, 'a') as f:
     f.write(json.dumps(record) + '\n')
@@ -273,18 +284,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     step += 1
     pending_metrics.append(metrics)
     report_progress(step)
-    if step % config.log_every == 0 or step == config.num_steps:
-      scalars = {k: float(np.mean(v)) for k, v in
-                 jax.tree.map(lambda *m: np.stack(m), *jax.device_get(pending_metrics)).items()}
+    is_last = step == config.num_steps
+    # Metrics are checked before every checkpoint, so a non-finite state is never saved.
+    if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
+      write(step, finite_means(pending_metrics, step))
       pending_metrics = []
-      bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
-      if bad:
-        raise NonFiniteLossError(f'non-finite metrics at step {step}: {bad}')
-      write(step, scalars)
-    if step % config.eval_every == 0 or step == config.num_steps:
+    if data.validation_labels.size and (step % config.eval_every == 0 or is_last):
       write(step, {'validation_accuracy': accuracy(state, data.validation_images,
                                                    data.validation_labels)})
-    if step % config.checkpoint_every == 0 or step == config.num_steps:
+    if step % config.checkpoint_every == 0 or is_last:
       checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
 
   summary = {'step': step,

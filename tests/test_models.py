@@ -289,7 +289,9 @@ def test_weight_norm_invariant_to_kernel_scale(family):
   path = _kernel_path(family)
   logits, features = d_outputs(family)
 
-  scaled = _map_kernel(variables, path, lambda v: 3.0 * v)
+  # Each output feature's kernel is normalised on its own: scale each by a different factor.
+  factors = lambda v: jnp.linspace(0.5, 3.0, v.shape[-1])
+  scaled = _map_kernel(variables, path, lambda v: v * factors(v))
   logits3, features3 = apply(scaled, images, None)[0]
   np.testing.assert_allclose(logits3, logits, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(features3, features, rtol=1e-4, atol=1e-5)
@@ -299,6 +301,18 @@ def test_weight_norm_invariant_to_kernel_scale(family):
       variables, path, lambda v: v + 0.05 * jax.random.normal(jax.random.key(5), v.shape))
   logits_p, _ = apply(perturbed, images, None)[0]
   assert np.abs(np.asarray(logits_p) - logits).max() > 1e-3
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_stored_kernels_keep_their_initial_scale(family):
+  """v is stored as initialised (N(0, 0.1) for the MLP, N(0, 0.05) for conv), not normalised:
+  its norm sets the effective step size on its direction, as in the reference code."""
+  _, variables, _, _ = discriminator(family)
+  node = variables['params']
+  for key in _kernel_path(family):
+    node = node[key]
+  expected_std = 0.1 if family == 'mlp' else 0.05
+  assert abs(float(jnp.std(node)) - expected_std) < 0.1 * expected_std
 
 
 @pytest.mark.parametrize('family', FAMILIES)
