@@ -1,5 +1,6 @@
 """The train step on fixed batches, and whole runs through train_and_evaluate on mock data."""
 import functools
+import pathlib
 
 import jax
 import numpy as np
@@ -7,8 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ssgan_jax import checkpointing, input_pipeline, losses, models, train
+from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import Config
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_INFO = input_pipeline.DatasetInfo(num_classes=10, image_shape=(28, 28, 1), train_size=None)
 
 
@@ -125,3 +128,16 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
   a, b = final_params(str(tmp_path / 'straight'), config), final_params(str(tmp_path / 'resumed'), config)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert resumed['test_accuracy'] == straight['test_accuracy']
+
+
+@pytest.mark.parametrize('flagfile,dataset', [('svhn.flags', 'svhn_cropped'),
+                                              ('cifar10.flags', 'cifar10')])
+def test_conv_experiment_flagfiles_train_end_to_end_on_mock_data(flagfile, dataset, tmp_path):
+  config, _ = ssgan_main.parse_config([
+      f'--flagfile={REPO / "experiments" / flagfile}', '--num_steps=2', '--batch_size=8',
+      '--eval_batch_size=40', '--num_labeled=20', '--num_validation=20'])
+  assert config.dataset == dataset and config.model.startswith('conv')
+  with tfds.testing.mock_data(num_examples=80):
+    summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary['step'] == 2 and 0 <= summary['test_accuracy'] <= 1
+  assert (tmp_path / 'checkpoints' / '2').is_dir()
