@@ -38,7 +38,7 @@ def fixed_batch(config: Config, seed: int = 0) -> dict:
 
 
 @functools.lru_cache
-def train_on_fixed_batch(config: Config, num_steps: int = 20):
+def train_on_fixed_batch(config: Config, num_steps: int = 40):
   """Trains on one fixed batch on a single device (once per config, shared by tests).
 
   Returns (setup, batch, states after 0, 1 and num_steps steps).
