@@ -111,8 +111,24 @@ def split_train(labels: np.ndarray, num_classes: int, num_labeled: int, num_vali
   return validation, np.sort(np.concatenate(labeled)), rest
 
 
+def prepare(config: Config) -> None:
+  """Has TFDS download and prepare the dataset unless it is already in data_dir."""
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  if builder.is_prepared():
+    return
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # TFDS raises many kinds; all mean the data is not there.
+    reason = (str(e).strip().splitlines() or [''])[0][:200]
+    raise ConfigError('dataset', config.dataset,
+                      f'is not prepared in {builder.data_dir} and TFDS could not download and '
+                      f'prepare it ({type(e).__name__}: {reason}); run where TFDS can '
+                      'download, or point --data_dir at a prepared copy') from None
+
+
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
   """Loads train and test and splits train into validation, labeled and unlabeled."""
+  prepare(config)
   train_images, train_labels = load_split(config, 'train')
   test_images, test_labels = load_split(config, 'test')
   validation, labeled, unlabeled = split_train(

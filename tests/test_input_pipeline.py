@@ -541,3 +541,24 @@ def test_real_mnist_same_label_seed_same_labeled_images(real_mnist):
   np.testing.assert_array_equal(again.labeled_images, real_mnist.data.labeled_images)
   np.testing.assert_array_equal(again.labeled_labels, real_mnist.data.labeled_labels)
   np.testing.assert_array_equal(again.validation_images, real_mnist.data.validation_images)
+
+
+class _UnpreparedBuilder:
+  """Stands in for a TFDS builder whose data is absent and cannot be downloaded."""
+  data_dir = '/data/cifar10/3.0.2'
+
+  def is_prepared(self):
+    return False
+
+  def download_and_prepare(self):
+    raise ConnectionError('Max retries exceeded with url: /cifar-10-binary.tar.gz')
+
+
+def test_dataset_that_cannot_be_downloaded_gives_one_clear_error(monkeypatch):
+  monkeypatch.setattr(tfds, 'builder', lambda *args, **kwargs: _UnpreparedBuilder())
+  with pytest.raises(ConfigError) as error:
+    ip.prepare(Config(dataset='cifar10'))
+  message = str(error.value)
+  assert message.startswith('--dataset=cifar10: is not prepared in /data/cifar10/3.0.2')
+  assert 'ConnectionError: Max retries exceeded' in message and '--data_dir' in message
+  assert '\n' not in message
