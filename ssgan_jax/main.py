@@ -50,9 +50,9 @@ def parse_config(argv: list[str]) -> tuple[config_lib.Config, str]:
   return config_from_flags(flag_values), flag_values.workdir
 
 
-def _fail(message: str) -> typing.NoReturn:
+def _fail(message: str, exit_code: int = 2) -> typing.NoReturn:
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(exit_code)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -72,14 +72,13 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
     config_lib.validate(config)
-    # Imported here so that bad flags are reported without loading JAX and TensorFlow.
+    # Imported here so that bad flags are reported without loading TensorFlow.
     from ssgan_jax import train
     summary = train.train_and_evaluate(config, flags.FLAGS.workdir)
   except config_lib.ConfigError as e:
     _fail(str(e))
-  except FloatingPointError as e:  # train.NonFiniteLossError
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except FloatingPointError as e:  # train.NonFiniteLossError: not bad input, a failed run.
+    _fail(str(e), exit_code=1)
   logging.info('Done: %s', summary)
   print(json.dumps(summary), flush=True)
 
