@@ -18,10 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Initialisers of the unnormalised kernels v. Their scale sets how far an Adam step turns
-# w = v / ||v||; these are the reference code's: N(0, 0.1) in the MNIST discriminator,
-# lasagne's default Glorot uniform in the MNIST generator, N(0, 0.05) in the conv models.
+# Kernel initialisers of the reference code: N(0, 0.1) in the MNIST discriminator, lasagne's
+# default Glorot uniform in the MNIST generator, N(0, 0.05) everywhere in the conv models.
+# Under weight or batch normalisation the scale does not change the function, but it sets
+# how far an Adam step turns a kernel, so it is kept.
 _MLP_V_INIT = nn.initializers.normal(0.1)
+_MLP_GEN_INIT = nn.initializers.glorot_uniform()
 _CONV_V_INIT = nn.initializers.normal(0.05)
 
 
@@ -151,14 +153,14 @@ class MlpGenerator(nn.Module):
   def __call__(self, z_BxZ):
     h = z_BxZ
     for width in self.hidden:
-      h = nn.Dense(width, use_bias=False)(h)
+      h = nn.Dense(width, use_bias=False, kernel_init=_MLP_GEN_INIT)(h)
       h = nn.softplus(nn.BatchNorm(use_running_average=False, use_scale=False,
                                    axis_name=self.axis_name)(h))
     size = 1
     for d in self.image_shape:
       size *= d
     pixels = nn.sigmoid(WNDense(size, trainable_scale=True, data_init=False,
-                                v_init=nn.initializers.glorot_uniform())(h))
+                                v_init=_MLP_GEN_INIT)(h))
     return pixels.reshape((z_BxZ.shape[0], *self.image_shape))
 
 
@@ -196,10 +198,11 @@ class ConvGenerator(nn.Module):
   def __call__(self, z_BxZ):
     norm_relu = lambda x: nn.relu(nn.BatchNorm(
         use_running_average=False, use_scale=False, axis_name=self.axis_name)(x))
-    h = norm_relu(nn.Dense(4 * 4 * 512, use_bias=False)(z_BxZ))
+    h = norm_relu(nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=_CONV_V_INIT)(z_BxZ))
     h = h.reshape((-1, 4, 4, 512))
     for width in (256, 128):
-      h = norm_relu(nn.ConvTranspose(width, (5, 5), strides=(2, 2), use_bias=False)(h))
+      h = norm_relu(nn.ConvTranspose(width, (5, 5), strides=(2, 2), use_bias=False,
+                                     kernel_init=_CONV_V_INIT)(h))
     return jnp.tanh(WNConv(self.image_shape[-1], kernel=5, stride=2, transpose=True,
                            init_scale=0.1, trainable_scale=True)(h))
 
