@@ -21,6 +21,7 @@ from ssgan_jax import main as ssgan_main
 from ssgan_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_TRAIN_SIZE = 60_000
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
 _EPOCHS = flags.DEFINE_float('epochs', 20, 'Passes over the unlabeled images.')
 _LABEL_SEED = flags.DEFINE_integer('label_seed', 0, 'Labeled subset seed.')
@@ -36,7 +37,8 @@ def run(mode: str, workdir: str) -> dict:
   if _DATA_DIR.value:
     args.append(f'--data_dir={_DATA_DIR.value}')
   config, _ = ssgan_main.parse_config(args)
-  steps = int(round(_EPOCHS.value * (60000 - config.num_validation) / config.batch_size))
+  unlabeled = MNIST_TRAIN_SIZE - config.num_validation
+  steps = int(round(_EPOCHS.value * unlabeled / config.batch_size))
   config = config.replace(num_steps=steps, eval_every=max(1, steps // 10))
   summary = train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

@@ -59,15 +59,18 @@ def test_rerun_with_other_settings_is_refused_and_changes_nothing(trained, mnist
   assert listing(workdir / 'checkpoints') == before
 
 
-def test_rerun_with_more_steps_resumes(trained, mnist_data_dir, tmp_path):
+def test_rerun_with_more_steps_resumes_and_keeps_the_newest_checkpoints(trained, mnist_data_dir, tmp_path):
   workdir, first = trained
   assert first.returncode == 0
   resumed = tmp_path / 'resumed'
   subprocess.run(['cp', '-r', str(workdir), str(resumed)], check=True)
-  result = run_main(f'--data_dir={mnist_data_dir}', f'--workdir={resumed}', '--num_steps=9')
+  result = run_main(f'--data_dir={mnist_data_dir}', f'--workdir={resumed}', '--num_steps=9',
+                    '--keep_checkpoints=2')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resumed from step 6' in result.stderr
   assert json.loads(result.stdout.strip().splitlines()[-1])['step'] == 9
+  # Only the newest --keep_checkpoints survive.
+  assert sorted(p.name for p in (resumed / 'checkpoints').iterdir()) == ['6', '9']
 
 
 @pytest.mark.parametrize('args,expected', [

@@ -136,15 +136,20 @@ def expected_g_counts(family):
   return params, 2 * bn_units                      # batch stats: mean and var
 
 
+def abstract_discriminator(family, num_outputs):
+  """(D, abstract image batch, abstract variables): shapes only, nothing computed."""
+  d = models.MODEL_FAMILIES[family].discriminator(num_outputs)
+  images = jax.ShapeDtypeStruct((B, *IMAGE_SHAPE[family]), jnp.float32)
+  return d, images, jax.eval_shape(d.init, jax.random.key(0), images)
+
+
 # ---------------------------------------------------------------------------
 # 1. Shapes and ranges.
 
 @pytest.mark.parametrize('extra', [0, 1])
 @pytest.mark.parametrize('family', FAMILIES)
 def test_discriminator_output_shapes(family, extra):
-  d = models.MODEL_FAMILIES[family].discriminator(K + extra)
-  images = jax.ShapeDtypeStruct((B, *IMAGE_SHAPE[family]), jnp.float32)
-  variables = jax.eval_shape(d.init, jax.random.key(0), images)
+  d, images, variables = abstract_discriminator(family, K + extra)
   for keys in (None, jax.eval_shape(example_keys)):
     logits, features = jax.eval_shape(d.apply, variables, images, keys)
     assert logits.shape == (B, K + extra)
@@ -195,9 +200,7 @@ def test_sample_latent():
 @pytest.mark.parametrize('extra', [0, 1])
 @pytest.mark.parametrize('family', FAMILIES)
 def test_discriminator_parameter_counts(family, extra):
-  d = models.MODEL_FAMILIES[family].discriminator(K + extra)
-  images = jax.ShapeDtypeStruct((B, *IMAGE_SHAPE[family]), jnp.float32)
-  variables = jax.eval_shape(d.init, jax.random.key(0), images)
+  d, images, variables = abstract_discriminator(family, K + extra)
   assert set(variables) == {'params', 'constants'}
   params, constants = expected_d_counts(family, K + extra)
   assert num_params(variables['params']) == params
