@@ -12,7 +12,10 @@ import os
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
+try:
+  import tensorflow_datasets as tfds
+except ImportError:  # arrays exported to .npz (benchmarks/export_data.py) need no TFDS
+  tfds = None
 
 from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.models import MODEL_FAMILIES

@@ -236,17 +236,22 @@ def _append_jsonl(path: str, record: dict) -> None:
     f.write(json.dumps(record) + '\n')
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict:
-  """Trains to config.num_steps (resuming from workdir), evaluates on test, returns a summary."""
+def train_and_evaluate(config: Config, workdir: str,
+                       data: Optional[tuple[input_pipeline.DatasetInfo,
+                                            input_pipeline.SemiSupervisedData]] = None) -> dict:
+  """Trains to config.num_steps (resuming from workdir), evaluates on test, returns a summary.
+
+  `data`, if given, is (info, arrays) to train on instead of reading TFDS.
+  """
   start_time = time.time()
   num_devices = jax.local_device_count()
   check_divisible_by_devices(config, num_devices)
-  info = input_pipeline.dataset_info(config)
+  info = input_pipeline.dataset_info(config) if data is None else data[0]
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(workdir, config)
   checkpointer.check_compatible(config)
 
-  data = input_pipeline.load(config, info)
+  data = input_pipeline.load(config, info) if data is None else data[1]
   setup = Setup.create(config, info)
   init_images = data.unlabeled_images if config.mode == 'ssl' else data.labeled_images
   state = create_train_state(setup, init_images[:INIT_BATCH_SIZE])

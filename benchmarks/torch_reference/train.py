@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import losses, models
-from ssgan_jax import train as jax_train
 from ssgan_jax.config import Config
+
+# Images for the data-dependent init, as ssgan_jax.train.INIT_BATCH_SIZE (not imported: that
+# module needs TensorFlow for its metric writers, and this one should run without it).
+INIT_BATCH_SIZE = 500
 
 
 class Adam(torch.optim.Optimizer):
@@ -96,7 +99,7 @@ class TorchTrainer:
 
     self.disc = self.family.discriminator(num_classes + self.head.extra_outputs,
                                           image_shape).to(self.device)
-    init_images = self._to_input(init_images_uint8[:jax_train.INIT_BATCH_SIZE])
+    init_images = self._to_input(init_images_uint8[:INIT_BATCH_SIZE])
     models.data_dependent_init(self.disc, init_images)  # in train mode: noise on
     self.disc_opt = Adam(self.disc.parameters(), schedule, config.adam_beta1)
     self.ema = Ema(dict(self.disc.named_parameters()), config.ema_decay)

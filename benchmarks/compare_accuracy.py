@@ -1,0 +1,204 @@
+"""Test error of the JAX trainer and the PyTorch reference at equal steps, over label seeds.
+
+For a flagfile (plus any flag overriding it), trains the JAX model with
+`train.train_and_evaluate` and the PyTorch reference with `TorchTrainer` on the same arrays
+and batches, for each --label_seeds, in ssl mode and supervised-only; reports test error
+(EMA parameters) mean ± std per trainer and mode, and a learning curve (test error against
+step and wall seconds) per run. Writes compare_accuracy.json and compare_accuracy.md under
+--out_dir.
+
+  python -m benchmarks.compare_accuracy --flagfile=experiments/mnist.flags \
+      --data_dir=../shared/tfds --ema_decay=0.999 --num_steps=2000
+
+The JAX curve comes from resuming train_and_evaluate at each curve point (its summary has the
+test error), so its wall seconds include a restart (setup, compilation, checkpointing) per
+point; the torch run is one loop that stops to evaluate. With --data_npz (written by
+benchmarks/export_data.py) no TFDS is read.
+"""
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+import jax
+import numpy as np
+import torch
+
+from benchmarks import export_data
+from benchmarks.torch_reference.train import TorchTrainer
+from ssgan_jax import config as config_lib
+from ssgan_jax import input_pipeline
+from ssgan_jax import main as ssgan_main
+
+RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
+_LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Labeled subsets to train on.')
+_RUNS = flags.DEFINE_list('runs', list(RUNS), f'Which of {", ".join(RUNS)} to train.')
+_CURVE_POINTS = flags.DEFINE_integer('curve_points', 4, 'Evaluations of test error per run.')
+_DATA_NPZ = flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py '
+                                'instead of TFDS.')
+_TORCH_DEVICE = flags.DEFINE_string('torch_device', 'cpu', 'Device of the torch runs.')
+_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch CPU threads (0: default).')
+_MERGE = flags.DEFINE_list('merge', None, 'Instead of training, merge the records in these '
+                           'output folders into one under --out_dir.')
+_OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/out/compare_accuracy', 'Output folder.')
+
+
+def curve_steps(config: config_lib.Config, points: int) -> list[int]:
+  """The steps at which each run's test error is measured; the last is num_steps."""
+  if points < 1 or points > config.num_steps:
+    raise config_lib.ConfigError('curve_points', points, f'must be in [1, {config.num_steps}]')
+  if points > 1 and config.lr_decay_fraction > 0:
+    # A JAX run resumed with a smaller num_steps would decay its rate earlier.
+    raise config_lib.ConfigError('curve_points', points,
+                                 'must be 1 when --lr_decay_fraction > 0')
+  return [round(config.num_steps * (i + 1) / points) for i in range(points)]
+
+
+def run_jax(config, data, steps: list[int], workdir: str) -> dict:
+  """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds."""
+  from ssgan_jax import train  # imports TensorFlow (clu's metric writers)
+  curve, wall = [], 0.0
+  for step in steps:
+    chunk = config.replace(num_steps=step, checkpoint_every=step, eval_every=step,
+                           log_every=min(config.log_every, step))
+    summary = train.train_and_evaluate(chunk, workdir, data)
+    wall += summary['wall_seconds']
+    curve.append((step, 1 - summary['test_accuracy'], round(wall, 2)))
+  return {'test_error': 1 - summary['test_accuracy'],
+          'test_error_raw': 1 - summary['test_accuracy_raw'], 'wall_seconds': round(wall, 2),
+          'curve': curve}
+
+
+def run_torch(config, data, steps: list[int], device: str) -> dict:
+  """Trains TorchTrainer on the pipeline's batches; test errors and wall seconds at `steps`."""
+  start = time.time()
+  info, arrays = data
+  init_images = arrays.unlabeled_images if config.mode == 'ssl' else arrays.labeled_images
+  trainer = TorchTrainer(config, info.num_classes, info.image_shape, init_images,
+                         device=device)
+  points = set(steps)
+  batches = input_pipeline.train_batches(arrays, config, 0, num_devices=1)
+  curve = []
+  for step in range(1, config.num_steps + 1):
+    metrics = trainer.train_step({k: v[0] for k, v in next(batches).items()})
+    if step in points:
+      if not all(np.isfinite(float(v)) for v in metrics.values()):
+        raise FloatingPointError(f'torch training diverged by step {step}: {metrics}')
+      error = 1 - trainer.accuracy(arrays.test_images, arrays.test_labels)
+      curve.append((step, error, round(time.time() - start, 2)))
+  return {'test_error': curve[-1][1],
+          'test_error_raw': 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, 'raw'),
+          'wall_seconds': round(time.time() - start, 2), 'curve': curve}
+
+
+def mean_std(values) -> str:
+  return f'{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f} %'
+
+
+def per_seed(runs) -> str:
+  return ', '.join(f'{100 * r["test_error"]:.2f}' for r in runs)
+
+
+def markdown(record: dict) -> str:
+  """Summary (mean ± std over seeds) and the mean learning curves."""
+  by_run = {}
+  for r in record['runs']:
+    by_run.setdefault(r['run'], []).append(r)
+  rows = ['| run | steps | label seeds | test error (EMA), mean ± std | per seed | '
+          'test error (raw), mean ± std | wall s, mean |', '|---|---|---|---|---|---|---|']
+  for name, runs in by_run.items():
+    rows.append(f"| {name} | {record['config']['num_steps']} | "
+                f"{', '.join(str(r['label_seed']) for r in runs)} | "
+                f"{mean_std([r['test_error'] for r in runs])} | "
+                f"{per_seed(runs)} | "
+                f"{mean_std([r['test_error_raw'] for r in runs])} | "
+                f"{np.mean([r['wall_seconds'] for r in runs]):.0f} |")
+  rows += ['', '| step | ' + ' | '.join(f'{n} test error (wall s)' for n in by_run) + ' |',
+           '|---|' + '---|' * len(by_run)]
+  steps = [p[0] for p in next(iter(by_run.values()))[0]['curve']]
+  for i, step in enumerate(steps):
+    cells = []
+    for runs in by_run.values():
+      points = [r['curve'][i] for r in runs if len(r['curve']) > i]
+      cells.append(f'{100 * np.mean([p[1] for p in points]):.2f} % '
+                   f'({np.mean([p[2] for p in points]):.0f})')
+    rows.append(f'| {step} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows) + '\n'
+
+
+def write(record: dict, out_dir: str) -> str:
+  """Saves the record as JSON and its tables as markdown; returns the tables."""
+  table = markdown(record)
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, 'compare_accuracy')
+  with open(stem + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  with open(stem + '.md', 'w') as f:
+    f.write(table)
+  return table
+
+
+def merge(out_dirs: list[str]) -> dict:
+  """One record holding the runs of several records (e.g. one process per label seed)."""
+  records = []
+  for out_dir in out_dirs:
+    with open(os.path.join(out_dir, 'compare_accuracy.json')) as f:
+      records.append(json.load(f))
+  return {**records[0], 'command': [r['command'] for r in records],
+          'runs': [run for r in records for run in r['runs']]}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _MERGE.value:
+    print(write(merge(_MERGE.value), _OUT_DIR.value))
+    return
+  config = ssgan_main.config_from_flags()
+  try:
+    config_lib.validate(config)
+    steps = curve_steps(config, _CURVE_POINTS.value)
+    unknown = set(_RUNS.value) - set(RUNS)
+    if unknown:
+      raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
+    splits = (export_data.read_npz(_DATA_NPZ.value) if _DATA_NPZ.value
+              else export_data.read_splits(config))
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  workroot = tempfile.mkdtemp(prefix='runs_', dir=_OUT_DIR.value)
+  record = {
+      'benchmark': 'compare_accuracy', 'command': ' '.join(['python', '-m',
+                                                            'benchmarks.compare_accuracy']
+                                                           + sys.argv[1:]),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes'),
+      'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+      'jax': jax.__version__, 'jax_devices': f'{jax.local_device_count()} x '
+      f'{jax.devices()[0].device_kind}', 'torch': torch.__version__,
+      'torch_device': _TORCH_DEVICE.value, 'torch_threads': torch.get_num_threads(),
+      'config': dataclasses.asdict(config), 'runs': []}
+  for seed in map(int, _LABEL_SEEDS.value):
+    for name in _RUNS.value:
+      framework, mode = name.split('_')
+      run_config = config.replace(label_seed=seed, mode=mode)
+      data = export_data.semi_supervised_data(run_config, splits)
+      result = (run_jax(run_config, data, steps, os.path.join(workroot, f'{name}_{seed}'))
+                if framework == 'jax' else
+                run_torch(run_config, data, steps, _TORCH_DEVICE.value))
+      record['runs'].append({'run': name, 'label_seed': seed, **result})
+      print(json.dumps(record['runs'][-1]), flush=True)
+      write(record, _OUT_DIR.value)
+  print(write(record, _OUT_DIR.value))
+
+
+if __name__ == '__main__':
+  ssgan_main.define_flags()
+  app.run(main)

@@ -1,0 +1,76 @@
+"""The .npz export of the input pipeline's arrays, and compare_accuracy on a tiny budget."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from benchmarks import compare_accuracy, export_data
+from ssgan_jax import input_pipeline
+from ssgan_jax.config import Config, ConfigError
+
+
+def tiny_config(**changes) -> Config:
+  return Config(num_labeled=20, num_validation=20, batch_size=10, eval_batch_size=50,
+                num_steps=2, checkpoint_every=2, eval_every=2, log_every=1,
+                ema_decay=0.9).replace(**changes)
+
+
+def assert_same_data(actual, expected):
+  for field in dataclasses.fields(expected):
+    np.testing.assert_array_equal(getattr(actual, field.name), getattr(expected, field.name))
+
+
+@pytest.mark.parametrize('label_seed', [0, 3])
+def test_npz_export_gives_the_pipelines_arrays(tmp_path, label_seed):
+  config = tiny_config(label_seed=label_seed)
+  with tfds.testing.mock_data(num_examples=120):
+    info = input_pipeline.dataset_info(config)
+    expected = input_pipeline.load(config, info)
+    splits = export_data.read_splits(config)
+  path = str(tmp_path / 'mnist.npz')
+  np.savez_compressed(path, **splits)
+  loaded_info, loaded = export_data.semi_supervised_data(config, export_data.read_npz(path))
+  assert (loaded_info.num_classes, loaded_info.image_shape) == (10, (28, 28, 1))
+  assert_same_data(loaded, expected)
+
+
+def test_npz_of_another_dataset_is_refused():
+  splits = {'dataset': 'cifar10', 'num_classes': 10}
+  with pytest.raises(ConfigError, match='--dataset=mnist: the exported data are cifar10'):
+    export_data.semi_supervised_data(tiny_config(), splits)
+
+
+def synthetic_splits(num_train=120, num_test=30) -> dict:
+  rng = np.random.default_rng(0)
+  return {'dataset': 'mnist', 'num_classes': 10,
+          'train_images': rng.integers(0, 256, (num_train, 28, 28, 1), np.uint8),
+          'train_labels': np.arange(num_train, dtype=np.int32) % 10,
+          'test_images': rng.integers(0, 256, (num_test, 28, 28, 1), np.uint8),
+          'test_labels': np.arange(num_test, dtype=np.int32) % 10}
+
+
+def test_curve_steps():
+  assert compare_accuracy.curve_steps(tiny_config(num_steps=1000), 4) == [250, 500, 750, 1000]
+  with pytest.raises(ConfigError, match='--curve_points=2: must be 1 when'):
+    compare_accuracy.curve_steps(tiny_config(lr_decay_fraction=0.5), 2)
+
+
+def test_jax_and_torch_runs_make_one_table(tmp_path):
+  config = tiny_config()
+  data = export_data.semi_supervised_data(config, synthetic_splits())
+  runs = [{'run': 'jax_ssl', 'label_seed': 0,
+           **compare_accuracy.run_jax(config, data, [2], str(tmp_path / 'jax'))},
+          {'run': 'torch_supervised', 'label_seed': 0,
+           **compare_accuracy.run_torch(config.replace(mode='supervised'), data, [1, 2], 'cpu')}]
+  for run in runs:
+    assert 0 <= run['test_error'] <= 1 and run['curve'][-1][0] == 2
+  assert [p[0] for p in runs[1]['curve']] == [1, 2]
+  for i, run in enumerate(runs):
+    compare_accuracy.write({'command': f'run {i}', 'config': {'num_steps': 2}, 'runs': [run]},
+                           str(tmp_path / str(i)))
+  merged = compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '1')])
+  table = compare_accuracy.markdown(merged)
+  assert merged['command'] == ['run 0', 'run 1']
+  assert '| jax_ssl | 2 | 0 |' in table and '| torch_supervised | 2 | 0 |' in table
+  assert f"{100 * runs[0]['test_error']:.2f} ± 0.00 %" in table

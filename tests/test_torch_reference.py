@@ -1,0 +1,197 @@
+"""The PyTorch reference against the Flax models, losses and train step, weights copied across."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from benchmarks.torch_reference import convert, losses as torch_losses, models as torch_models
+from benchmarks.torch_reference import train as torch_train
+from ssgan_jax import input_pipeline, losses, models, train
+from ssgan_jax.config import Config
+
+SHAPES = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3)}
+BATCH = {'mlp': 16, 'conv_small': 4}
+
+
+def to_numpy(x):
+  return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def assert_close(actual, expected, atol):
+  np.testing.assert_allclose(to_numpy(actual), to_numpy(expected), rtol=atol, atol=atol)
+
+
+def random_images(family, batch, seed):
+  return np.random.default_rng(seed).integers(0, 256, (batch, *SHAPES[family]), np.uint8)
+
+
+def noiseless_config(family, **changes) -> Config:
+  return Config(model=family, batch_size=BATCH[family], num_steps=10, ema_decay=0.9,
+                learning_rate=1e-3, lr_decay_fraction=0.5).replace(**changes)
+
+
+@functools.lru_cache
+def jax_setup(family: str, unsup_loss: str = 'salimans') -> train.Setup:
+  """train.Setup with noise and dropout off in D."""
+  config = noiseless_config(family, unsup_loss=unsup_loss)
+  info = input_pipeline.DatasetInfo(num_classes=10, image_shape=SHAPES[family], train_size=None)
+  setup = train.Setup.create(config, info)
+  num_outputs = 10 + setup.head.extra_outputs
+  disc = (models.MlpDiscriminator(num_outputs, input_noise=0, hidden_noise=0)
+          if family == 'mlp' else
+          models.ConvDiscriminator(num_outputs, (64, 128), input_dropout=0, hidden_dropout=0))
+  return dataclasses.replace(setup, disc=disc)
+
+
+def torch_trainer(setup: train.Setup, state: train.TrainState) -> torch_train.TorchTrainer:
+  """A TorchTrainer holding `state`'s D and G, with D's noise off (eval mode)."""
+  config = setup.config
+  trainer = torch_train.TorchTrainer(config, setup.num_classes, setup.image_shape,
+                                     random_images(config.model, 8, seed=9))
+  convert.load_flax_variables(trainer.disc, {'params': state.disc_params,
+                                             **state.disc_constants})
+  convert.load_flax_variables(trainer.gen, {'params': state.gen_params})
+  trainer.disc.eval()
+  return trainer
+
+
+def torch_module(module, variables):
+  convert.load_flax_variables(module, variables)
+  return module.eval()
+
+
+@pytest.mark.parametrize('family', ['mlp', 'conv_small'])
+def test_forward_matches_flax(family):
+  setup = jax_setup(family)
+  state = train.create_train_state(setup, random_images(family, 32, seed=0))
+  trainer = torch_trainer(setup, state)
+  images = random_images(family, BATCH[family], seed=1)
+  jax_family, torch_family = models.MODEL_FAMILIES[family], torch_models.MODEL_FAMILIES[family]
+
+  logits, features = setup.disc.apply({'params': state.disc_params, **state.disc_constants},
+                                      jax_family.scale_pixels(images))
+  torch_logits, torch_features = trainer.disc(torch_family.images_to_input(
+      torch.as_tensor(images)))
+  assert_close(torch_logits, logits, 1e-5)
+  assert_close(torch_features, features, 1e-5)
+
+  z = models.sample_latent(jax.random.split(jax.random.key(3), BATCH[family]))
+  fake, _ = setup.generator(None).apply(
+      {'params': state.gen_params, 'batch_stats': state.gen_batch_stats}, z,
+      mutable=['batch_stats'])
+  torch_fake = trainer.gen(torch.as_tensor(np.asarray(z)))
+  if torch_family.channels_first:
+    torch_fake = torch_fake.permute(0, 2, 3, 1)
+  assert_close(torch_fake, fake, 1e-5)
+
+
+@pytest.mark.parametrize('family', ['mlp', 'conv_small'])
+def test_data_dependent_init_matches_flax(family):
+  """Without noise, the same kernels and init batch give the same scales and biases."""
+  setup = jax_setup(family)
+  images = random_images(family, 32, seed=2)
+  variables = setup.disc.init(jax.random.key(0),
+                              models.MODEL_FAMILIES[family].scale_pixels(images))
+  disc = torch_module(torch_models.MODEL_FAMILIES[family].discriminator(10, SHAPES[family]),
+                      variables)
+  expected = {k: v.clone() for k, v in disc.state_dict().items()}
+  for m in disc.modules():
+    if isinstance(m, torch_models.ScaleBias):
+      m.pending_init = True
+  torch_models.data_dependent_init(
+      disc, torch_models.MODEL_FAMILIES[family].images_to_input(torch.as_tensor(images)))
+  for name, value in disc.state_dict().items():
+    assert_close(value, expected[name], 1e-4)
+
+
+@pytest.mark.parametrize('unsup_loss', sorted(losses.HEADS))
+def test_losses_match_flax(unsup_loss):
+  rng = np.random.default_rng(0)
+  head, torch_head = losses.HEADS[unsup_loss], torch_losses.HEADS[unsup_loss]
+  outputs_lab, outputs_unl, outputs_fake = (
+      3 * rng.standard_normal((8, 10 + head.extra_outputs)).astype(np.float32) for _ in range(3))
+  features_unl, features_fake = (rng.standard_normal((8, 32)).astype(np.float32)
+                                 for _ in range(2))
+  labels = rng.integers(0, 10, 8)
+  t = torch.as_tensor
+  pairs = [
+      (losses.supervised_cross_entropy(head.supervised_logits(outputs_lab), labels),
+       torch_losses.supervised_cross_entropy(torch_head.supervised_logits(t(outputs_lab)),
+                                             t(labels))),
+      (losses.unsupervised_real_fake(head.real_logit(outputs_unl), head.real_logit(outputs_fake)),
+       torch_losses.unsupervised_real_fake(torch_head.real_logit(t(outputs_unl)),
+                                           torch_head.real_logit(t(outputs_fake)))),
+      (losses.nonsaturating(head.real_logit(outputs_fake)),
+       torch_losses.nonsaturating(torch_head.real_logit(t(outputs_fake)))),
+  ] + [(losses.feature_matching(features_unl, features_fake, norm),
+        torch_losses.feature_matching(t(features_unl), t(features_fake), norm))
+       for norm in losses.FEATURE_NORMS]
+  for expected, actual in pairs:
+    assert_close(actual, expected, 1e-5)
+
+
+def test_learning_rate_matches_jax_schedule():
+  config = Config(num_steps=30, learning_rate=0.01, lr_decay_fraction=1 / 3)
+  schedule = train.learning_rate_schedule(config)
+  for count in (0, 19, 20, 21, 25, 29, 30, 40):
+    assert torch_train.learning_rate(config, count) == pytest.approx(float(schedule(count)),
+                                                                     abs=1e-9)
+
+
+def test_adam_and_ema_match_optax():
+  """Adam with epsilon inside the square root, and the bias-corrected EMA, as in train.Setup."""
+  config = Config(num_steps=4, learning_rate=0.01, lr_decay_fraction=0.5, ema_decay=0.9)
+  setup = train.Setup.create(config, input_pipeline.DatasetInfo(10, (28, 28, 1), None))
+  rng = np.random.default_rng(0)
+  params = {'w': rng.standard_normal((3, 4)).astype(np.float32)}
+  opt_state, ema_state = setup.optimizer.init(params), setup.ema.init(params)
+  w = torch.nn.Parameter(torch.as_tensor(params['w']))
+  adam = torch_train.Adam([w], lambda count: torch_train.learning_rate(config, count),
+                          config.adam_beta1)
+  ema = torch_train.Ema({'w': w}, config.ema_decay)
+  for _ in range(config.num_steps):
+    grads = {'w': rng.standard_normal((3, 4)).astype(np.float32) * 1e-3}
+    updates, opt_state = setup.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    _, ema_state = setup.ema.update(params, ema_state)
+    w.grad = torch.as_tensor(grads['w'])
+    adam.step()
+    ema.update({'w': w})
+    assert_close(w, params['w'], 1e-6)
+  assert_close(ema.corrected()['w'], optax.tree.bias_correction(
+      ema_state.ema, config.ema_decay, ema_state.count)['w'], 1e-6)
+
+
+@pytest.mark.parametrize('family,unsup_loss,gen_loss', [
+    ('mlp', 'salimans', 'both'), ('mlp', 'kplus1', 'nonsaturating')])
+def test_train_step_matches_flax(family, unsup_loss, gen_loss):
+  """One D and G step from the same state and latents gives the same parameters and losses."""
+  setup = jax_setup(family, unsup_loss)
+  setup = dataclasses.replace(setup, config=setup.config.replace(
+      gen_loss=gen_loss, feature_norm='l1' if family != 'mlp' else 'l2'))
+  b = BATCH[family]
+  state = train.create_train_state(setup, random_images(family, 32, seed=0))
+  trainer = torch_trainer(setup, state)
+  images = random_images(family, 3 * b, seed=1)
+  batch = {'labeled_images': images[:b], 'labels': np.arange(b) % 10,
+           'unlabeled_images': images[b:2 * b], 'unlabeled_images_gen': images[2 * b:]}
+  # The latents train_step draws at step 0 (the streams' ids are train's constants).
+  step_key = jax.random.fold_in(jax.random.key(setup.config.seed), 0)
+  latents = [models.sample_latent(train.example_keys(step_key, stream, b, None))
+             for stream in (train._DISC_LATENT, train._GEN_LATENT)]
+  # Eager, not jitted: under jit, G's gradient differs from eager JAX (and torch) by ~1e-3
+  # relative after the first, nearly sign-like Adam step of D.
+  state, metrics = train.train_step(setup, state, batch, axis_name=None)
+  torch_metrics = trainer.train_step(batch, latents=latents)
+  for name, value in metrics.items():
+    assert_close(torch_metrics[name], value, 1e-5), name
+
+  expected = torch_trainer(setup, state)
+  for module, expected_module in ((trainer.disc, expected.disc), (trainer.gen, expected.gen)):
+    for name, value in expected_module.state_dict().items():
+      assert_close(module.state_dict()[name], value, 1e-4)
