@@ -189,7 +189,7 @@ def test_train_step_matches_flax(family, unsup_loss, gen_loss):
   state, metrics = train.train_step(setup, state, batch, axis_name=None)
   torch_metrics = trainer.train_step(batch, latents=latents)
   for name, value in metrics.items():
-    assert_close(torch_metrics[name], value, 1e-5), name
+    assert_close(torch_metrics[name], value, 1e-5)
 
   expected = torch_trainer(setup, state)
   for module, expected_module in ((trainer.disc, expected.disc), (trainer.gen, expected.gen)):
