@@ -2,12 +2,13 @@
 
 Every variant trains with experiments/mnist.flags (through mnist_ssl_vs_supervised.run) for the
 same number of steps on the same seeds: run k uses --label_seed=k and --seed=k. Only the
-variant's own flags differ. Each finished run is saved as a record under --out_dir/runs/, so an
-interrupted or partial invocation (--variants=...) continues where it stopped; the table is made
-from the saved records of the chosen variants and seeds, and a record made with another budget is
-an error rather than something to mix in. Prints and saves JSON and a markdown table.
+variant's own flags differ. Each finished run is saved as a record under
+--out_dir/mnist_variants_runs/, so an interrupted or partial invocation (--variants, --seeds)
+continues where it stopped, invocations with different --seeds can run side by side, and a last
+one tabulates them all from the saved records; a record made with another budget is an error
+rather than something to mix in. Prints and saves JSON and a markdown table.
 
-  python benchmarks/mnist_variants.py --data_dir=/work/shared/tfds --epochs=1 --seeds=2
+  python benchmarks/mnist_variants.py --data_dir=/work/shared/tfds --epochs=1 --seeds=0,1
 """
 import datetime
 import json
@@ -37,8 +38,8 @@ VARIANTS = {
 }
 BASELINE = 'salimans'
 
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Runs per variant, with label and training seeds '
-                              '0, 1, ...; the --label_seed flag is not used.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: one run per variant and seed, '
+                           'with that label and training seed; the --label_seed flag is not used.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run and tabulate.')
 
 
@@ -113,12 +114,13 @@ def main(argv):
   os.makedirs(runs_dir, exist_ok=True)
   # Seed-major order: a budget that runs short still leaves every variant on the first seeds.
   runs = {name: [] for name in _VARIANTS.value}
-  for seed in range(_SEEDS.value):
+  seeds = [int(seed) for seed in _SEEDS.value]
+  for seed in seeds:
     for name in _VARIANTS.value:
       runs[name].append(run_or_load(name, seed, runs_dir))
   record = {
       'benchmark': 'mnist_variants', **budget(), 'num_steps': runs[BASELINE][0]['num_steps'],
-      'seeds': list(range(_SEEDS.value)), 'command': ' '.join(['python'] + sys.argv),
+      'seeds': seeds, 'command': ' '.join(['python'] + sys.argv),
       'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
       platform.machine(), 'cpu_count': os.cpu_count(),
       'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',

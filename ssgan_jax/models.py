@@ -158,9 +158,11 @@ class MinibatchDiscrimination(nn.Module):
   The batch is `num_groups` equal consecutive groups (the discriminator's labeled, unlabeled
   and generated parts), compared only within a group, so real and fake examples never see
   each other, as when the reference applies D to each part separately. Under data
-  parallelism a group is one device's shard of a part. As in the reference code, the
+  parallelism a group is one device's shard of a part; in evaluation it is a device's share of
+  the evaluation batch, padding included, so predictions depend on the batch, as they do in
+  the reference code, which evaluates D on batches. As in the reference code, the
   per-(kernel, dim) log scale starts so that half the mean nearest distance of the init
-  batch is 1, and the bias so that the init batch's outputs have zero mean.
+  batch (one group) is 1, and the bias so that the init batch's outputs have zero mean.
   """
   num_kernels: int
   kernel_dim: int = 5
