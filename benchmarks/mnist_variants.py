@@ -18,6 +18,7 @@ import platform
 import shutil
 import statistics
 import sys
+from typing import Optional
 
 from absl import app, flags
 import jax
@@ -41,6 +42,8 @@ BASELINE = 'salimans'
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: one run per variant and seed, '
                            'with that label and training seed; the --label_seed flag is not used.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run and tabulate.')
+_SAVED_ONLY = flags.DEFINE_bool('saved_only', False, 'Train nothing: tabulate the saved records '
+                                'of the chosen variants and seeds (a row shows how many exist).')
 
 
 def budget() -> dict:
@@ -49,9 +52,11 @@ def budget() -> dict:
           'data_dir': base._DATA_DIR.value}
 
 
-def run_or_load(variant: str, seed: int, runs_dir: str) -> dict:
-  """The saved record of (variant, seed), training it first if there is none."""
+def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
+  """The saved record of (variant, seed), training it first if there is none (unless --saved_only)."""
   path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+  if _SAVED_ONLY.value and not os.path.exists(path):
+    return None
   if os.path.exists(path):
     with open(path) as f:
       record = json.load(f)
@@ -75,13 +80,15 @@ def error_stats(records: list[dict]) -> dict:
   """Test error (EMA parameters) in percent: mean, sample std and count."""
   errors = [100 * (1 - r['test_accuracy']) for r in records]
   return {'mean': statistics.mean(errors), 'std': statistics.stdev(errors) if len(errors) > 1
-          else 0.0, 'n': len(errors), 'errors': errors,
+          else math.nan, 'n': len(errors), 'errors': errors,
           'wall_seconds': statistics.mean(r['wall_seconds'] for r in records)}
 
 
 def verdict(stats: dict, baseline: dict) -> str:
   """Better or worse than the baseline when the means differ by over two standard errors."""
   diff = stats['mean'] - baseline['mean']
+  if stats['n'] < 2 or baseline['n'] < 2:
+    return 'needs 2+ seeds'
   standard_error = math.sqrt(stats['std']**2 / stats['n'] + baseline['std']**2 / baseline['n'])
   if abs(diff) <= 2 * standard_error:
     return 'within noise'
@@ -93,14 +100,17 @@ def markdown(record: dict) -> str:
   rows = ['| variant | flags | test error (%) | vs salimans (pts) | verdict | mean wall s |',
           '|---|---|---|---|---|---|']
   for name, stats in record['variants'].items():
+    if not stats:
+      continue
     flags_text = ' '.join(f'`{a}`' for a in VARIANTS[name][1] or [f'--mode={VARIANTS[name][0]}'])
     if name == BASELINE:
       diff_text, verdict_text = '–', 'baseline'
     else:
       diff_text = f"{stats['mean'] - baseline['mean']:+.2f}"
       verdict_text = verdict(stats, baseline)
-    rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f} ± {stats['std']:.2f} "
-                f"(n={stats['n']}) | {diff_text} | {verdict_text} | {stats['wall_seconds']:.0f} |")
+    spread = f" ± {stats['std']:.2f}" if stats['n'] > 1 else ''
+    rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f}{spread} (n={stats['n']}) | "
+                f"{diff_text} | {verdict_text} | {stats['wall_seconds']:.0f} |")
   return '\n'.join(rows) + '\n'
 
 
@@ -117,15 +127,19 @@ def main(argv):
   seeds = [int(seed) for seed in _SEEDS.value]
   for seed in seeds:
     for name in _VARIANTS.value:
-      runs[name].append(run_or_load(name, seed, runs_dir))
+      record = run_or_load(name, seed, runs_dir)
+      if record is not None:
+        runs[name].append(record)
   record = {
-      'benchmark': 'mnist_variants', **budget(), 'num_steps': runs[BASELINE][0]['num_steps'],
+      'benchmark': 'mnist_variants', **budget(),
+      'num_steps': sorted({r['num_steps'] for records in runs.values() for r in records}),
       'seeds': seeds, 'command': ' '.join(['python'] + sys.argv),
       'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
       platform.machine(), 'cpu_count': os.cpu_count(),
       'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
       'jax': jax.__version__,
-      'variants': {name: error_stats(records) for name, records in runs.items()},
+      'variants': {name: error_stats(records) if records else None
+                   for name, records in runs.items()},
       'runs': runs,
   }
   table = markdown(record)
