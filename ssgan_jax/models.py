@@ -130,7 +130,9 @@ class ExampleNoise:
 
 def pairwise_l1_distances(m_NxKxC: jax.Array) -> jax.Array:
   """`d[i, j, k] = sum_c |m[i, k, c] - m[j, k, c]|`: distances between examples, per kernel."""
-  return jnp.sum(jnp.abs(m_NxKxC[:, None] - m_NxKxC[None, :]), axis=-1)
+  # One c at a time: un-jitted (as in `init`), N x N x K x C differences would be held at once.
+  return sum(jnp.abs(m_NxKxC[:, None, :, c] - m_NxKxC[None, :, :, c])
+             for c in range(m_NxKxC.shape[-1]))
 
 
 def minibatch_similarity(m_NxKxC: jax.Array) -> jax.Array:
