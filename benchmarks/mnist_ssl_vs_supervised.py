@@ -13,6 +13,7 @@ import pathlib
 import platform
 import sys
 import tempfile
+from typing import Sequence
 
 from absl import app, flags
 import jax
@@ -30,12 +31,16 @@ _EMA_DECAY = flags.DEFINE_float('ema_decay', 0.999, 'EMA decay (the flagfile has
 _OUT_DIR = flags.DEFINE_string('out_dir', str(REPO / 'benchmarks' / 'out'), 'Output folder.')
 
 
-def run(mode: str, workdir: str) -> dict:
-  """One training run; returns its summary plus its validation curve."""
+def run(mode: str, workdir: str, extra_args: Sequence[str] = ()) -> dict:
+  """One training run; returns its summary plus its validation curve.
+
+  `extra_args` are flags that override the flagfile and this benchmark's flags.
+  """
   args = [f'--flagfile={REPO / "experiments" / "mnist.flags"}', f'--mode={mode}',
           f'--label_seed={_LABEL_SEED.value}', f'--ema_decay={_EMA_DECAY.value}']
   if _DATA_DIR.value:
     args.append(f'--data_dir={_DATA_DIR.value}')
+  args += extra_args
   config, _ = ssgan_main.parse_config(args)
   unlabeled = MNIST_TRAIN_SIZE - config.num_validation
   steps = int(round(_EPOCHS.value * unlabeled / config.batch_size))

@@ -31,6 +31,14 @@ class Config:
   gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')
   feature_norm: str = _field('l2', 'Feature matching distance: l2 (MNIST reference) or l1 (CIFAR/SVHN reference).')
   unsup_weight: float = _field(1.0, "Weight of the unsupervised loss in D's loss.")
+  # "Improved Techniques" switches (Salimans et al. 2016, section 3), all off by default.
+  historical_averaging: float = _field(0.0, "Weight w of w * ||theta - mean of past theta||^2 "
+                                       "added to each player's loss; 0 = off.")
+  one_sided_label_smoothing: float = _field(1.0, "D's real-vs-fake target for real images (fakes "
+                                            "keep 0), e.g. 0.9; 1 = off. ssl mode only.")
+  minibatch_kernels: int = _field(0, "Minibatch discrimination kernels before D's output layer, "
+                                  'e.g. 100; 0 = off.')
+  minibatch_kernel_dim: int = _field(5, 'Dimension of each minibatch discrimination kernel.')
   num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
   label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
   num_validation: int = _field(5000, 'Train images held out for validation (model selection).')
@@ -82,8 +90,16 @@ def validate(config: Config) -> None:
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every'):
     _check_at_least(config, name, 1)
-  for name in ('num_steps', 'num_validation', 'unsup_weight'):
+  for name in ('num_steps', 'num_validation', 'unsup_weight', 'historical_averaging',
+               'minibatch_kernels'):
     _check_at_least(config, name, 0)
+  _check_at_least(config, 'minibatch_kernel_dim', 1)
+  if not 0.5 < config.one_sided_label_smoothing <= 1:
+    raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
+                      'must be in (0.5, 1]; 1 = off')
+  if config.mode != 'ssl' and config.one_sided_label_smoothing != 1:
+    raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
+                      'applies only to --mode=ssl (use 1 with --mode=supervised)')
   if not config.learning_rate > 0:
     raise ConfigError('learning_rate', config.learning_rate, 'must be > 0')
   for name in ('adam_beta1', 'ema_decay'):

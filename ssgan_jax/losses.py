@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def supervised_cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
@@ -25,11 +26,20 @@ def supervised_cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.
   return jnp.mean(log_z_B - logit_y_B)
 
 
-def unsupervised_real_fake(real_logit_unl_B: jax.Array,
-                           real_logit_fake_B: jax.Array) -> jax.Array:
-  """`-0.5 mean log D(x_unl) - 0.5 mean log(1 - D(G(z)))` from real-vs-fake logits."""
-  return 0.5 * (jnp.mean(jax.nn.softplus(-real_logit_unl_B))
-                + jnp.mean(jax.nn.softplus(real_logit_fake_B)))
+def unsupervised_real_fake(real_logit_unl_B: jax.Array, real_logit_fake_B: jax.Array,
+                           real_target: float = 1.0) -> jax.Array:
+  """`-0.5 mean log D(x_unl) - 0.5 mean log(1 - D(G(z)))` from real-vs-fake logits.
+
+  One-sided label smoothing (Salimans et al. 2016, section 3.4): with `real_target` a < 1,
+  the real term is the cross-entropy to target a, `-a log D(x) - (1 - a) log(1 - D(x))`,
+  while generated examples keep target 0. Every head goes through its real-vs-fake logit
+  s, so the same holds for all three: salimans (D(x) = Z / (Z + 1)), kplus1 (D(x) = 1 -
+  softmax fake output) and two_head (D(x) = sigmoid of the separate output). The
+  supervised cross-entropy and the generator's losses keep hard targets.
+  """
+  real_B = (real_target * jax.nn.softplus(-real_logit_unl_B)
+            + (1 - real_target) * jax.nn.softplus(real_logit_unl_B))
+  return 0.5 * (jnp.mean(real_B) + jnp.mean(jax.nn.softplus(real_logit_fake_B)))
 
 
 def nonsaturating(real_logit_fake_B: jax.Array) -> jax.Array:
@@ -56,6 +66,19 @@ def feature_matching(features_unl_BxF: jax.Array, features_fake_BxF: jax.Array,
   if norm == 'l1':
     return jnp.mean(jnp.abs(diff_F))
   raise ValueError(f'unknown feature matching norm {norm!r}; allowed: l1, l2')
+
+
+def historical_averaging(params, past_mean_params) -> jax.Array:
+  """`||theta - mean of past theta||^2`, summed over every parameter (Salimans et al. 2016, 3.3)."""
+  return optax.tree.norm(jax.tree.map(jnp.subtract, params, past_mean_params), squared=True)
+
+
+def update_past_mean(past_mean_params, params, step: jax.Array):
+  """The mean of the parameters of steps 0..t, from that of 0..t-1 and theta_t (t = `step`).
+
+  The mean of no steps is taken to be theta_0, so one rule covers step 0.
+  """
+  return optax.incremental_update(params, past_mean_params, 1.0 / (step + 1))
 
 
 # Real-vs-fake logits, one per head.

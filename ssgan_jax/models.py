@@ -1,7 +1,9 @@
 """Discriminators and generators of Salimans et al. (2016), as Flax linen modules.
 
 Discriminators map images to (outputs_BxO, features_BxF): O = K class logits plus
-the head's extra outputs, F the layer that feature matching uses. Randomness
+the head's extra outputs, F the layer that feature matching uses (with minibatch
+discrimination on, still the layer before it: the per-example features, not the
+batch-dependent similarities). Randomness
 (Gaussian noise, dropout) is drawn from one key per example, so a global batch gets
 the same noise however it is split over devices; `example_keys=None` is the
 deterministic network used for evaluation.
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 _MLP_V_INIT = nn.initializers.normal(0.1)
 _MLP_GEN_INIT = nn.initializers.glorot_uniform()
 _CONV_V_INIT = nn.initializers.normal(0.05)
+_MINIBATCH_V_INIT = nn.initializers.normal(0.05)
 
 
 class ScaleBias(nn.Module):
@@ -125,21 +128,85 @@ class ExampleNoise:
     return jnp.where(keep, x_Bx / (1 - rate), 0)
 
 
+def pairwise_l1_distances(m_NxKxC: jax.Array) -> jax.Array:
+  """`d[i, j, k] = sum_c |m[i, k, c] - m[j, k, c]|`: distances between examples, per kernel."""
+  # One c at a time: un-jitted (as in `init`), N x N x K x C differences would be held at once.
+  return sum(jnp.abs(m_NxKxC[:, None, :, c] - m_NxKxC[None, :, :, c])
+             for c in range(m_NxKxC.shape[-1]))
+
+
+def minibatch_similarity(m_NxKxC: jax.Array) -> jax.Array:
+  """`o[i, k] = sum_{j != i} exp(-d[i, j, k])`: how close each example is to the others, per kernel.
+
+  The minibatch features of Salimans et al. (2016), section 3.2, for a batch of N examples.
+  """
+  d_NxNxK = pairwise_l1_distances(m_NxKxC)
+  others_NxNx1 = ~jnp.eye(m_NxKxC.shape[0], dtype=bool)[:, :, None]
+  return jnp.sum(jnp.where(others_NxNx1, jnp.exp(-d_NxNxK), 0.0), axis=1)
+
+
+def mean_nearest_distance(m_NxKxC: jax.Array) -> jax.Array:
+  """Per kernel, the mean over examples of the distance to the nearest other example."""
+  d_NxNxK = pairwise_l1_distances(m_NxKxC)
+  others_NxNx1 = ~jnp.eye(m_NxKxC.shape[0], dtype=bool)[:, :, None]
+  return jnp.mean(jnp.min(jnp.where(others_NxNx1, d_NxNxK, jnp.inf), axis=1), axis=0)
+
+
+class MinibatchDiscrimination(nn.Module):
+  """Appends minibatch features to each example's features (Salimans et al. 2016, section 3.2).
+
+  Each example's features x (F) are projected by a weight-normalised tensor to m (K x C);
+  its K outputs are `minibatch_similarity` to the other examples of its group, plus a bias.
+  The batch is `num_groups` equal consecutive groups (the discriminator's labeled, unlabeled
+  and generated parts), compared only within a group, so real and fake examples never see
+  each other, as when the reference applies D to each part separately. Under data
+  parallelism a group is one device's shard of a part; in evaluation it is a device's share of
+  the evaluation batch, padding included, so predictions depend on the batch, as they do in
+  the reference code, which evaluates D on batches. As in the reference code, the
+  per-(kernel, dim) log scale starts so that half the mean nearest distance of the init
+  batch (one group) is 1, and the bias so that the init batch's outputs have zero mean.
+  """
+  num_kernels: int
+  kernel_dim: int = 5
+
+  @nn.compact
+  def __call__(self, x_BxF, num_groups: int = 1):
+    b = x_BxF.shape[0]
+    dense = nn.Dense(self.num_kernels * self.kernel_dim, use_bias=False,
+                     kernel_init=_MINIBATCH_V_INIT)
+    m_BxKxC = unit_kernel_output(dense, x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
+    # Initialisers run only in `init`, on the init batch.
+    log_scale_KxC = self.param('log_scale', lambda *_: jnp.broadcast_to(
+        -jnp.log(0.5 * mean_nearest_distance(m_BxKxC))[:, None], m_BxKxC.shape[1:]))
+    m_GxNxKxC = (m_BxKxC * jnp.exp(log_scale_KxC)).reshape(
+        num_groups, b // num_groups, *m_BxKxC.shape[1:])
+    o_BxK = jax.vmap(minibatch_similarity)(m_GxNxKxC).reshape(b, self.num_kernels)
+    o_BxK = o_BxK + self.param('bias', lambda *_: -jnp.mean(o_BxK, axis=0))
+    return jnp.concatenate([x_BxF, o_BxK], axis=-1)
+
+
 class MlpDiscriminator(nn.Module):
-  """784-1000-500-250-250-250-K MLP with Gaussian noise (0.3 on input, 0.5 after hidden)."""
+  """784-1000-500-250-250-250-K MLP with Gaussian noise (0.3 on input, 0.5 after hidden).
+
+  With `minibatch_kernels`, minibatch discrimination sits before the output layer.
+  """
   num_outputs: int
   hidden: Sequence[int] = (1000, 500, 250, 250, 250)
   input_noise: float = 0.3
   hidden_noise: float = 0.5
+  minibatch_kernels: int = 0
+  minibatch_kernel_dim: int = 5
 
   @nn.compact
-  def __call__(self, images_BxHxWxC, example_keys=None):
+  def __call__(self, images_BxHxWxC, example_keys=None, num_groups: int = 1):
     noise = ExampleNoise(example_keys)
     h = noise.gaussian(images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1), self.input_noise)
     for width in self.hidden:
       h = nn.relu(WNDense(width)(h))
       features_BxF = h
       h = noise.gaussian(h, self.hidden_noise)
+    if self.minibatch_kernels:
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, num_groups)
     return WNDense(self.num_outputs, trainable_scale=True)(h), features_BxF
 
 
@@ -165,14 +232,19 @@ class MlpGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-  """The 32x32 convolutional discriminator; widths (96, 192) for CIFAR-10, (64, 128) for SVHN."""
+  """The 32x32 convolutional discriminator; widths (96, 192) for CIFAR-10, (64, 128) for SVHN.
+
+  With `minibatch_kernels`, minibatch discrimination sits before the output layer.
+  """
   num_outputs: int
   widths: Sequence[int] = (96, 192)
   input_dropout: float = 0.2
   hidden_dropout: float = 0.5
+  minibatch_kernels: int = 0
+  minibatch_kernel_dim: int = 5
 
   @nn.compact
-  def __call__(self, images_BxHxWxC, example_keys=None):
+  def __call__(self, images_BxHxWxC, example_keys=None, num_groups: int = 1):
     noise = ExampleNoise(example_keys)
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
@@ -185,9 +257,11 @@ class ConvDiscriminator(nn.Module):
     h = lrelu(WNConv(wide, padding='VALID')(h))
     h = lrelu(WNConv(wide, kernel=1)(h))
     h = lrelu(WNConv(wide, kernel=1)(h))
-    features_BxF = jnp.mean(h, axis=(1, 2))
+    features_BxF = h = jnp.mean(h, axis=(1, 2))
+    if self.minibatch_kernels:
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, num_groups)
     logits = WNDense(self.num_outputs, init_scale=0.1, trainable_scale=True,
-                     v_init=_CONV_V_INIT)(features_BxF)
+                     v_init=_CONV_V_INIT)(h)
     return logits, features_BxF
 
 

@@ -40,6 +40,9 @@ class TrainState:
   gen_params: Any          # G's fields are None in supervised mode
   gen_batch_stats: Any
   gen_opt_state: Any
+  # Means of each player's past parameters, for historical averaging (else None).
+  disc_past_mean: Any = None
+  gen_past_mean: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,9 @@ class Setup:
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
-               disc=family.discriminator(info.num_classes + head.extra_outputs),
+               disc=family.discriminator(info.num_classes + head.extra_outputs).clone(
+                   minibatch_kernels=config.minibatch_kernels,
+                   minibatch_kernel_dim=config.minibatch_kernel_dim),
                # The reference Adam adds its epsilon inside the square root.
                optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
                                     eps=0.0, eps_root=1e-8),
@@ -105,10 +110,13 @@ def create_train_state(setup: Setup, init_images_uint8: np.ndarray) -> TrainStat
                                                models.sample_latent(keys(_DISC_LATENT)))
     gen_params, gen_batch_stats = gen_variables['params'], gen_variables['batch_stats']
     gen_opt_state = setup.optimizer.init(gen_params)
+  history = config.historical_averaging > 0
   return TrainState(step=jnp.zeros([], jnp.int32), disc_params=disc_params,
                     disc_constants=disc_variables, disc_opt_state=setup.optimizer.init(disc_params),
                     disc_ema=setup.ema.init(disc_params), gen_params=gen_params,
-                    gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
+                    gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state,
+                    disc_past_mean=disc_params if history else None,
+                    gen_past_mean=gen_params if history else None)
 
 
 def eval_disc_variables(setup: Setup, state: TrainState, which: str) -> dict:
@@ -147,18 +155,24 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     d_keys = jnp.concatenate([keys(_LABELED_NOISE), keys(_UNLABELED_NOISE), keys(_FAKE_NOISE)])
   else:
     d_inputs, d_keys = x_lab, keys(_LABELED_NOISE)
+  history = config.historical_averaging > 0
 
   def disc_loss(params):
-    outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys)
+    outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys,
+                            num_groups=len(d_inputs) // b)
     sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
     metrics = {'sup_loss': sup, 'train_accuracy': jnp.mean(
         jnp.argmax(head.class_logits(outputs[:b], setup.num_classes), -1) == labels)}
     total = sup
     if ssl:
       real_logit = head.real_logit(outputs[b:])
-      unsup = losses.unsupervised_real_fake(real_logit[:b], real_logit[b:])
+      unsup = losses.unsupervised_real_fake(real_logit[:b], real_logit[b:],
+                                            config.one_sided_label_smoothing)
       total = sup + config.unsup_weight * unsup
       metrics['unsup_loss'] = unsup
+    if history:
+      total += config.historical_averaging * losses.historical_averaging(
+          params, state.disc_past_mean)
     return total, metrics
 
   (d_loss, metrics), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
@@ -168,7 +182,11 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   disc_params = optax.apply_updates(state.disc_params, updates)
   _, disc_ema = setup.ema.update(disc_params, state.disc_ema)
   metrics.update(disc_loss=d_loss, disc_grad_norm=optax.tree.norm(d_grads))
-  state = state.replace(step=state.step + 1, disc_params=disc_params,
+  step = state.step
+  if history:
+    state = state.replace(disc_past_mean=losses.update_past_mean(
+        state.disc_past_mean, state.disc_params, step))
+  state = state.replace(step=step + 1, disc_params=disc_params,
                         disc_opt_state=disc_opt_state, disc_ema=disc_ema)
   if not ssl:
     return state, mean(metrics)
@@ -181,13 +199,17 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
                                     z, mutable=['batch_stats'])
     outputs, features = disc.apply({'params': disc_params, **state.disc_constants},
-                                   jnp.concatenate([x_unl_gen, fake]), g_inputs_keys)
+                                   jnp.concatenate([x_unl_gen, fake]), g_inputs_keys,
+                                   num_groups=2)
     loss = 0.0
     if config.gen_loss in ('feature_matching', 'both'):
       loss += losses.feature_matching(features[:b], features[b:], config.feature_norm,
                                       axis_name)
     if config.gen_loss in ('nonsaturating', 'both'):
       loss += losses.nonsaturating(head.real_logit(outputs[b:]))
+    if history:
+      loss += config.historical_averaging * losses.historical_averaging(
+          params, state.gen_past_mean)
     return loss, updated['batch_stats']
 
   (g_loss, gen_batch_stats), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
@@ -195,6 +217,9 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   g_grads = mean(g_grads)
   updates, gen_opt_state = setup.optimizer.update(g_grads, state.gen_opt_state,
                                                   state.gen_params)
+  if history:
+    state = state.replace(gen_past_mean=losses.update_past_mean(
+        state.gen_past_mean, state.gen_params, step))
   state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
                         gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
   metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads))

@@ -1,0 +1,156 @@
+"""MNIST with 100 labels: discriminator heads, generator losses and "Improved Techniques" switches.
+
+Every variant trains with experiments/mnist.flags (through mnist_ssl_vs_supervised.run) for the
+same number of steps on the same seeds: run k uses --label_seed=k and --seed=k. Only the
+variant's own flags differ. Each finished run is saved as a record under
+--out_dir/mnist_variants_runs/, so an interrupted or partial invocation (--variants, --seeds)
+continues where it stopped, invocations with different --seeds can run side by side, and a last
+one tabulates them all from the saved records; a record made with another budget is an error
+rather than something to mix in. Prints and saves JSON and a markdown table.
+
+  python benchmarks/mnist_variants.py --data_dir=/work/shared/tfds --epochs=1 --seeds=0,1
+"""
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+from typing import Optional
+
+from absl import app, flags
+import jax
+
+import mnist_ssl_vs_supervised as base
+
+# name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
+VARIANTS = {
+    'salimans': ('ssl', []),
+    'kplus1': ('ssl', ['--unsup_loss=kplus1']),
+    'two_head': ('ssl', ['--unsup_loss=two_head']),
+    'nonsaturating': ('ssl', ['--gen_loss=nonsaturating']),
+    'feature_matching+nonsaturating': ('ssl', ['--gen_loss=both']),
+    'historical_averaging': ('ssl', ['--historical_averaging=0.001']),
+    'one_sided_label_smoothing': ('ssl', ['--one_sided_label_smoothing=0.9']),
+    'minibatch_discrimination': ('ssl', ['--minibatch_kernels=100']),
+    'supervised_only': ('supervised', []),
+}
+BASELINE = 'salimans'
+
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: one run per variant and seed, '
+                           'with that label and training seed; the --label_seed flag is not used.')
+_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run and tabulate.')
+_SAVED_ONLY = flags.DEFINE_bool('saved_only', False, 'Train nothing: tabulate the saved records '
+                                'of the chosen variants and seeds (a row shows how many exist).')
+
+
+def budget() -> dict:
+  """What every record of one table must share."""
+  return {'epochs': base._EPOCHS.value, 'ema_decay': base._EMA_DECAY.value,
+          'data_dir': base._DATA_DIR.value}
+
+
+def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
+  """The saved record of (variant, seed), training it first if there is none (unless --saved_only)."""
+  path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+  if _SAVED_ONLY.value and not os.path.exists(path):
+    return None
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record['budget'] != budget():
+      raise ValueError(f'{path} was made with budget {record["budget"]}, not {budget()}; '
+                       'use another --out_dir')
+    return record
+  mode, extra_args = VARIANTS[variant]
+  workdir = os.path.join(runs_dir, f'{variant}_seed{seed}.workdir')
+  summary = base.run(mode, workdir, extra_args + [f'--label_seed={seed}', f'--seed={seed}'])
+  record = {'variant': variant, 'seed': seed, 'flags': extra_args, 'budget': budget(),
+            'date': datetime.date.today().isoformat(), **summary}
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + '.tmp', path)
+  shutil.rmtree(workdir)
+  return record
+
+
+def error_stats(records: list[dict]) -> dict:
+  """Test error (EMA parameters) in percent: mean, sample std and count."""
+  errors = [100 * (1 - r['test_accuracy']) for r in records]
+  return {'mean': statistics.mean(errors), 'std': statistics.stdev(errors) if len(errors) > 1
+          else math.nan, 'n': len(errors), 'errors': errors,
+          'wall_seconds': statistics.mean(r['wall_seconds'] for r in records)}
+
+
+def verdict(stats: dict, baseline: dict) -> str:
+  """Better or worse than the baseline when the means differ by over two standard errors."""
+  diff = stats['mean'] - baseline['mean']
+  if stats['n'] < 2 or baseline['n'] < 2:
+    return 'needs 2+ seeds'
+  standard_error = math.sqrt(stats['std']**2 / stats['n'] + baseline['std']**2 / baseline['n'])
+  if abs(diff) <= 2 * standard_error:
+    return 'within noise'
+  return 'helps' if diff < 0 else 'hurts'
+
+
+def markdown(record: dict) -> str:
+  baseline = record['variants'][BASELINE]
+  rows = ['| variant | flags | test error (%) | vs salimans (pts) | verdict | mean wall s |',
+          '|---|---|---|---|---|---|']
+  for name, stats in record['variants'].items():
+    if not stats:
+      continue
+    flags_text = ' '.join(f'`{a}`' for a in VARIANTS[name][1] or [f'--mode={VARIANTS[name][0]}'])
+    if name == BASELINE:
+      diff_text, verdict_text = '–', 'baseline'
+    else:
+      diff_text = f"{stats['mean'] - baseline['mean']:+.2f}"
+      verdict_text = verdict(stats, baseline)
+    spread = f" ± {stats['std']:.2f}" if stats['n'] > 1 else ''
+    rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f}{spread} (n={stats['n']}) | "
+                f"{diff_text} | {verdict_text} | {stats['wall_seconds']:.0f} |")
+  return '\n'.join(rows) + '\n'
+
+
+def main(argv):
+  del argv
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown or BASELINE not in _VARIANTS.value:
+    raise app.UsageError(f'--variants={",".join(_VARIANTS.value)}: must include {BASELINE} '
+                         f'and name only {", ".join(VARIANTS)}')
+  runs_dir = os.path.join(base._OUT_DIR.value, 'mnist_variants_runs')
+  os.makedirs(runs_dir, exist_ok=True)
+  # Seed-major order: a budget that runs short still leaves every variant on the first seeds.
+  runs = {name: [] for name in _VARIANTS.value}
+  seeds = [int(seed) for seed in _SEEDS.value]
+  for seed in seeds:
+    for name in _VARIANTS.value:
+      record = run_or_load(name, seed, runs_dir)
+      if record is not None:
+        runs[name].append(record)
+  record = {
+      'benchmark': 'mnist_variants', **budget(),
+      'num_steps': sorted({r['num_steps'] for records in runs.values() for r in records}),
+      'seeds': seeds, 'command': ' '.join(['python'] + sys.argv),
+      'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
+      platform.machine(), 'cpu_count': os.cpu_count(),
+      'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
+      'jax': jax.__version__,
+      'variants': {name: error_stats(records) if records else None
+                   for name, records in runs.items()},
+      'runs': runs,
+  }
+  table = markdown(record)
+  stem = os.path.join(base._OUT_DIR.value, 'mnist_variants')
+  with open(stem + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  with open(stem + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+  print(json.dumps({k: v for k, v in record.items() if k not in ('runs', 'variants')}))
+
+
+if __name__ == '__main__':
+  app.run(main)
