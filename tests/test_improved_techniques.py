@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import checkpointing, config as config_lib, losses, models, train
+from ssgan_jax import checkpointing, config as config_lib, losses, models
 from test_train import fixed_batch_config, train_on_fixed_batch
 
 SWITCHES_OFF = {'historical_averaging': 0.0, 'one_sided_label_smoothing': 1.0,
