@@ -1,5 +1,6 @@
 """The run configuration: one frozen dataclass, validated before any expensive work."""
 import dataclasses
+import math
 from typing import Optional
 
 from ssgan_jax import losses
@@ -82,8 +83,14 @@ def validate(config: Config) -> None:
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every'):
     _check_at_least(config, name, 1)
-  for name in ('num_steps', 'num_validation', 'unsup_weight'):
+  for name in ('num_steps', 'num_validation', 'unsup_weight', 'seed', 'label_seed'):
     _check_at_least(config, name, 0)
+  if config.num_steps >= 2**31:  # the step counter is int32
+    raise ConfigError('num_steps', config.num_steps, f'must be < {2**31}')
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(field.name, value, 'must be a finite number')
   if not config.learning_rate > 0:
     raise ConfigError('learning_rate', config.learning_rate, 'must be > 0')
   for name in ('adam_beta1', 'ema_decay'):
