@@ -2,7 +2,8 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, and
 lists only complete ones, so a process killed during a save leaves the newest complete
-checkpoint to resume from. A checkpoint that cannot be read is reported, never replaced.
+checkpoint to resume from; the next run removes the temporary folder. A checkpoint that
+cannot be read is reported, never replaced.
 """
 import dataclasses
 import os
@@ -26,7 +27,7 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-            create=True),
+            create=True, cleanup_tmp_directories=True),
         item_names=('state', 'config'))
 
   def latest_step(self) -> Optional[int]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssgan_jax import checkpointing, multihost, train
+from ssgan_jax import checkpointing, multihost, preemption, train
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import Config, ConfigError
@@ -27,8 +27,8 @@ from test_main import REPO, TINY_FLAGS, error_lines, listing, run_main
 from test_train import MNIST_INFO, tiny_config
 
 FOUR_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
-NUM_STEPS = 100
-MULTIHOST_STEPS = 10
+NUM_STEPS = 40
+MULTIHOST_STEPS = 5
 
 
 def restored_state(workdir, config: Config, step=None):
@@ -119,6 +119,7 @@ def test_kill9_during_a_save_then_sigterm_then_resume_ends_like_the_uninterrupte
   terminated.process.send_signal(signal.SIGTERM)
   assert terminated.wait() == 0, terminated.stderr()[-3000:]
   assert f'Resumed from step {resume_from}.' in terminated.stderr()
+  assert not in_flight()  # the incomplete save was cleaned up
   stopped = json.loads(terminated.stdout().strip().splitlines()[-1])
   assert stopped['stopped'] and resume_from < stopped['step'] < NUM_STEPS
   assert complete_steps(workdir)[-1] == stopped['step']
@@ -272,3 +273,15 @@ def test_dataset_neither_prepared_nor_downloadable_fails_fast(tmp_path):
   [line] = error_lines(result)
   assert f'--dataset=mnist: is not prepared in {empty}' in line and '--data_dir' in line
   assert time.time() - started < 120  # TFDS alone retries for minutes
+
+
+def test_sigint_and_sigterm_request_a_stop_once_and_the_handlers_come_back():
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    with preemption.stop_on_signals() as stop_requested:
+      assert not stop_requested(1)
+      os.kill(os.getpid(), signum)
+      assert stop_requested(2) and stop_requested.signal_name == signum.name
+      # A second signal of the kind meets the previous handler (Ctrl-C twice interrupts).
+      assert signal.getsignal(signum) is before[signum == signal.SIGTERM]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
