@@ -2,8 +2,8 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, and
 lists only complete ones, so a process killed during a save leaves the newest complete
-checkpoint to resume from; the next run removes the temporary folder. A checkpoint that
-cannot be read is reported, never replaced.
+checkpoint to resume from (Orbax ignores the incomplete folder). A checkpoint that cannot
+be read is reported, never replaced.
 """
 import dataclasses
 import os
@@ -27,7 +27,7 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-            create=True, cleanup_tmp_directories=True),
+            create=True),
         item_names=('state', 'config'))
 
   def latest_step(self) -> Optional[int]:
