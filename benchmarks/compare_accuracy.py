@@ -66,7 +66,7 @@ def run_jax(config, data, steps: list[int], workdir: str) -> dict:
   for step in steps:
     chunk = config.replace(num_steps=step, checkpoint_every=step, eval_every=step,
                            log_every=min(config.log_every, step))
-    summary = train.train_and_evaluate(chunk, workdir, data)
+    summary = train.train_and_evaluate(chunk, workdir, data=data)
     wall += summary['wall_seconds']
     curve.append((step, 1 - summary['test_accuracy'], round(wall, 2)))
   return {'test_error': 1 - summary['test_accuracy'],

@@ -1,8 +1,16 @@
-"""Orbax checkpoints of the train state, each saved with the config that made it."""
+"""Orbax checkpoints of the train state, each saved with the config that made it.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, and
+lists only complete ones, so a process killed during a save leaves the newest complete
+checkpoint to resume from (Orbax ignores the incomplete folder). A checkpoint that cannot
+be read is reported, never replaced.
+"""
 import dataclasses
 import os
+import tempfile
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
 
 from ssgan_jax.config import Config, ConfigError, incompatible_fields
@@ -12,6 +20,8 @@ class Checkpointer:
   """Saves and restores `workdir/checkpoints/<step>/{state,config}`."""
 
   def __init__(self, workdir: str, config: Config):
+    self.workdir = workdir
+    check_writable(workdir)
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -23,33 +33,71 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def _unreadable(self, step: int, error: Exception) -> ConfigError:
+    reason = (str(error).strip().splitlines() or [''])[0][:200]
+    return ConfigError('workdir', self.workdir,
+                       f'checkpoint {os.path.join(self.directory, str(step))} cannot be read '
+                       f'({type(error).__name__}: {reason}); move it away to resume from an '
+                       'earlier one, or use a new --workdir')
+
   def check_compatible(self, config: Config) -> None:
     """Raises ConfigError if the newest checkpoint was made with settings that cannot resume."""
     step = self.latest_step()
     if step is None:
       return
-    saved = self.manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))['config']
-    differing = incompatible_fields(saved, config)
+    try:
+      saved = self.manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+      differing = incompatible_fields(saved, config)
+    except Exception as e:  # Orbax and JSON raise many kinds; all mean unreadable.
+      raise self._unreadable(step, e) from None
     if differing:
       current = dataclasses.asdict(config)
       changes = '; '.join(f'--{name}: checkpoint {saved.get(name)!r}, now {current[name]!r}'
                           for name in differing)
-      raise ConfigError('workdir', os.path.dirname(self.directory),
+      raise ConfigError('workdir', self.workdir,
                         f'holds a checkpoint (step {step}) made with other settings '
                         f'({changes}); use those settings or a new --workdir')
 
-  def restore(self, abstract_state: Any) -> Any:
-    """The newest state, shaped like `abstract_state`."""
-    return self.manager.restore(self.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state']
+  def restore(self, template: Any, step: Optional[int] = None) -> Any:
+    """The newest (or the given step's) state, shaped like `template` (host arrays).
+
+    Raises ConfigError if the checkpoint cannot be read into that shape.
+    """
+    step = self.latest_step() if step is None else step
+    try:
+      state = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(template)))['state']
+      if jax.tree.structure(state) != jax.tree.structure(template):
+        raise ValueError('its state has another structure than this model\'s')
+      for restored, expected in zip(jax.tree.leaves(state), jax.tree.leaves(template)):
+        if restored.shape != expected.shape or restored.dtype != expected.dtype:
+          raise ValueError(f'an array of shape {restored.shape} {restored.dtype} where this '
+                           f'model has {expected.shape} {expected.dtype}')
+    except Exception as e:  # Orbax and TensorStore raise many kinds; all mean unreadable.
+      raise self._unreadable(step, e) from None
+    return state
 
   def save(self, step: int, state: Any, config: Config) -> None:
-    """Saves asynchronously; `close` waits for it."""
+    """Saves asynchronously; `close` waits for it.
+
+    Host (numpy) arrays: with several processes Orbax writes them from process 0 only.
+    """
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(jax.device_get(state)),
         config=ocp.args.JsonSave(dataclasses.asdict(config))))
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def check_writable(workdir: str) -> None:
+  """Raises ConfigError unless workdir exists or can be made, and takes new files."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError('workdir', workdir,
+                      f'must be a writable directory ({e.strerror or type(e).__name__})') from None

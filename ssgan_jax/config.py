@@ -1,5 +1,6 @@
 """The run configuration: one frozen dataclass, validated before any expensive work."""
 import dataclasses
+import math
 from typing import Optional
 
 from ssgan_jax import losses
@@ -90,10 +91,16 @@ def validate(config: Config) -> None:
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every'):
     _check_at_least(config, name, 1)
-  for name in ('num_steps', 'num_validation', 'unsup_weight', 'historical_averaging',
-               'minibatch_kernels'):
+  for name in ('num_steps', 'num_validation', 'unsup_weight', 'seed', 'label_seed',
+               'historical_averaging', 'minibatch_kernels'):
     _check_at_least(config, name, 0)
   _check_at_least(config, 'minibatch_kernel_dim', 1)
+  if config.num_steps >= 2**31:  # the step counter is int32
+    raise ConfigError('num_steps', config.num_steps, f'must be < {2**31}')
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(field.name, value, 'must be a finite number')
   if not 0.5 < config.one_sided_label_smoothing <= 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'must be in (0.5, 1]; 1 = off')

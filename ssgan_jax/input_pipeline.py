@@ -12,6 +12,7 @@ import os
 from typing import Iterator, Optional
 
 import numpy as np
+import requests
 try:
   import tensorflow_datasets as tfds
 except ImportError:  # arrays exported to .npz (benchmarks/export_data.py) need no TFDS
@@ -23,6 +24,8 @@ from ssgan_jax.models import MODEL_FAMILIES
 _VALIDATION_SPLIT_SEED = 0
 _LABELED_STREAM, _UNLABELED_STREAM, _UNLABELED_GEN_STREAM = 1, 2, 3
 _READ_CHUNK = 10_000
+# Where TFDS first looks for a prepared copy of a dataset.
+_TFDS_GCS_URL = 'https://storage.googleapis.com/tfds-data/'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +122,28 @@ def prepare(config: Config) -> None:
   builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   if builder.is_prepared():
     return
+
+  def not_there(e: Exception) -> ConfigError:
+    reason = (str(e).strip().splitlines() or [''])[0][:200]
+    return ConfigError('dataset', config.dataset,
+                       f'is not prepared in {builder.data_dir} and TFDS could not download and '
+                       f'prepare it ({type(e).__name__}: {reason}); run where TFDS can '
+                       'download, or point --data_dir at a prepared copy')
+
+  # TFDS retries an unreachable server for minutes; one quick request tells first.
+  try:
+    check_download_reachable(builder)
+  except requests.RequestException as e:
+    raise not_there(e) from None
   try:
     builder.download_and_prepare()
   except Exception as e:  # TFDS raises many kinds; all mean the data is not there.
-    reason = (str(e).strip().splitlines() or [''])[0][:200]
-    raise ConfigError('dataset', config.dataset,
-                      f'is not prepared in {builder.data_dir} and TFDS could not download and '
-                      f'prepare it ({type(e).__name__}: {reason}); run where TFDS can '
-                      'download, or point --data_dir at a prepared copy') from None
+    raise not_there(e) from None
+
+
+def check_download_reachable(builder: tfds.core.DatasetBuilder) -> None:
+  """Raises requests.RequestException unless the dataset's first source answers at all."""
+  requests.head(next(iter(type(builder).url_infos or {}), _TFDS_GCS_URL), timeout=10)
 
 
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:

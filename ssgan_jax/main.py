@@ -1,17 +1,21 @@
 """Command line: `python -m ssgan_jax.main --flagfile=experiments/mnist.flags --workdir=...`.
 
-One flag per field of `config.Config`, plus --workdir. Flagfiles set any of them and the
-command line overrides the flagfile. Bad input exits with code 2 and one line on stderr.
+One flag per field of `config.Config`, plus --workdir and the launch flags of a run over
+several processes. Flagfiles set any of them and the command line overrides the flagfile.
+Bad input exits with code 2 and one line on stderr. SIGTERM or SIGINT saves a checkpoint at
+the current step and exits 0; the same command resumes.
 """
 import dataclasses
 import json
 import logging as py_logging
+import os
 import sys
 import typing
 
 from absl import app, flags, logging
 
 from ssgan_jax import config as config_lib
+from ssgan_jax import multihost, preemption
 
 _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
                    float: flags.DEFINE_float}
@@ -26,6 +30,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _DEFINE_BY_TYPE[kind](field.name, field.default, field.metadata['help'],
                           flag_values=flag_values)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (required).',
+                      flag_values=flag_values)
+  # Launch settings, not part of the Config: the same run may use any number of processes.
+  flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+                      'host:port of process 0, for a run over several processes '
+                      '(default $JAX_COORDINATOR_ADDRESS).', flag_values=flag_values)
+  flags.DEFINE_string('num_processes', os.environ.get('JAX_NUM_PROCESSES', '1'),
+                      'Processes of the run (default $JAX_NUM_PROCESSES or 1).',
+                      flag_values=flag_values)
+  flags.DEFINE_string('process_id', os.environ.get('JAX_PROCESS_ID', '0'),
+                      'This process, 0 ... num_processes - 1 (default $JAX_PROCESS_ID or 0).',
                       flag_values=flag_values)
 
 
@@ -63,6 +77,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e).splitlines()[0])
 
 
+def _as_int(name: str, value: str) -> int:
+  """Launch flags are strings so that their defaults can come from the environment."""
+  try:
+    return int(value)
+  except ValueError:
+    raise config_lib.ConfigError(name, value, 'must be an integer') from None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -72,9 +94,16 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
     config_lib.validate(config)
+    launch = {name: flags.FLAGS[name].value
+              for name in ('coordinator_address', 'num_processes', 'process_id')}
+    for name in ('num_processes', 'process_id'):
+      launch[name] = _as_int(name, launch[name])
+    multihost.check_launch(**launch)
+    multihost.initialize(**launch)
     # Imported here so that bad flags are reported without loading TensorFlow.
     from ssgan_jax import train
-    summary = train.train_and_evaluate(config, flags.FLAGS.workdir)
+    with preemption.stop_on_signals() as stop_requested:
+      summary = train.train_and_evaluate(config, flags.FLAGS.workdir, stop_requested)
   except config_lib.ConfigError as e:
     _fail(str(e))
   except FloatingPointError as e:  # train.NonFiniteLossError: not bad input, a failed run.

@@ -4,7 +4,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgan_jax import checkpointing, input_pipeline, losses, models
+from ssgan_jax import checkpointing, input_pipeline, losses, models, multihost
 from ssgan_jax.config import Config, check_divisible_by_devices
 
 AXIS = 'batch'
@@ -181,7 +181,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
                                                    state.disc_params)
   disc_params = optax.apply_updates(state.disc_params, updates)
   _, disc_ema = setup.ema.update(disc_params, state.disc_ema)
-  metrics.update(disc_loss=d_loss, disc_grad_norm=optax.tree.norm(d_grads))
+  metrics.update(disc_loss=d_loss, disc_grad_norm=optax.tree.norm(d_grads),
+                 disc_param_norm=optax.tree.norm(disc_params))
   step = state.step
   if history:
     state = state.replace(disc_past_mean=losses.update_past_mean(
@@ -222,7 +223,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
         state.gen_past_mean, state.gen_params, step))
   state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
                         gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
-  metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads))
+  metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads),
+                 gen_param_norm=optax.tree.norm(state.gen_params))
   return state, mean(metrics)
 
 
@@ -246,14 +248,20 @@ def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, label
 
 
 def finite_means(step_metrics: list[dict], step: int) -> dict:
-  """Means over steps of per-device metrics; raises NonFiniteLossError on NaN or inf."""
+  """Means of the per-device metrics of steps step - len(step_metrics) + 1 ... step.
+
+  Raises NonFiniteLossError naming the first step with a NaN or infinite metric.
+  """
   stacked = jax.tree.map(lambda *m: np.stack(m), *jax.device_get(step_metrics))
-  means = {k: float(np.mean(v)) for k, v in stacked.items()}
-  bad = {k: v for k, v in means.items() if not np.isfinite(v)}
-  if bad:
-    raise NonFiniteLossError(f'training diverged by step {step}: non-finite {bad}; '
-                             'the last checkpoint is from before it')
-  return means
+  per_step = {k: v.reshape(len(step_metrics), -1).mean(axis=1) for k, v in stacked.items()}
+  finite = np.all([np.isfinite(v) for v in per_step.values()], axis=0)
+  if not finite.all():
+    first = int(np.argmin(finite))
+    values = ', '.join(f'{k}={v[first]:.6g}' for k, v in sorted(per_step.items()))
+    raise NonFiniteLossError(
+        f'training diverged at step {step - len(step_metrics) + 1 + first}: {values}; '
+        'no checkpoint holds it or a later step, so the newest one is the last good state')
+  return {k: float(np.mean(v)) for k, v in per_step.items()}
 
 
 def _append_jsonl(path: str, record: dict) -> None:
@@ -261,38 +269,59 @@ def _append_jsonl(path: str, record: dict) -> None:
     f.write(json.dumps(record) + '\n')
 
 
+def state_template(setup: Setup) -> TrainState:
+  """Zeros shaped like the train state (host arrays), to restore a checkpoint into."""
+  shapes = jax.eval_shape(functools.partial(create_train_state, setup),
+                          jax.ShapeDtypeStruct((2, *setup.image_shape), jnp.uint8))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
 def train_and_evaluate(config: Config, workdir: str,
+                       stop_requested: Callable[[int], bool] = lambda step: False,
                        data: Optional[tuple[input_pipeline.DatasetInfo,
                                             input_pipeline.SemiSupervisedData]] = None) -> dict:
   """Trains to config.num_steps (resuming from workdir), evaluates on test, returns a summary.
 
-  `data`, if given, is (info, arrays) to train on instead of reading TFDS.
+  If stop_requested(step) turns True, saves a checkpoint at that step and returns
+  {'step': step, 'stopped': True} without evaluating. `data`, if given, is (info, arrays)
+  to train on instead of reading TFDS.
   """
   start_time = time.time()
-  num_devices = jax.local_device_count()
-  check_divisible_by_devices(config, num_devices)
+  check_divisible_by_devices(config, jax.device_count())
   info = input_pipeline.dataset_info(config) if data is None else data[0]
-  os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(workdir, config)
   checkpointer.check_compatible(config)
+  setup = Setup.create(config, info)
+  # Restored before the data are read, so that an unreadable checkpoint is reported at once.
+  restored = None
+  if checkpointer.latest_step() is not None:
+    restored = checkpointer.restore(state_template(setup))
 
   data = input_pipeline.load(config, info) if data is None else data[1]
-  setup = Setup.create(config, info)
-  init_images = data.unlabeled_images if config.mode == 'ssl' else data.labeled_images
-  state = create_train_state(setup, init_images[:INIT_BATCH_SIZE])
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+  if restored is None:
+    init_images = data.unlabeled_images if config.mode == 'ssl' else data.labeled_images
+    state = create_train_state(setup, init_images[:INIT_BATCH_SIZE])
+  else:
+    state = restored
     logging.info('Resumed from step %d.', int(state.step))
   parameter_overview.log_parameter_overview(state.disc_params, msg='Discriminator')
   if state.gen_params is not None:
     parameter_overview.log_parameter_overview(state.gen_params, msg='Generator')
 
-  writer = metric_writers.create_default_writer(workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not multihost.is_writer())
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
 
   def write(step: int, scalars: dict) -> None:
     writer.write_scalars(step, scalars)
-    _append_jsonl(metrics_path, {'step': step, **scalars})
+    if multihost.is_writer():
+      _append_jsonl(metrics_path, {'step': step, **scalars})
+
+  def checked_means(step_metrics: list[dict], step: int) -> dict:
+    try:
+      return finite_means(step_metrics, step)
+    except NonFiniteLossError:
+      checkpointer.close()  # a save in flight completes: the last good state stays restorable
+      raise
 
   p_train_step = jax.pmap(functools.partial(train_step, setup), axis_name=AXIS,
                           donate_argnums=(0,))
@@ -304,8 +333,8 @@ def train_and_evaluate(config: Config, workdir: str,
 
   step = int(state.step)
   state = flax.jax_utils.replicate(state)
-  batches = flax.jax_utils.prefetch_to_device(
-      input_pipeline.train_batches(data, config, step, num_devices), 2)
+  batches = flax.jax_utils.prefetch_to_device(multihost.local_shards(
+      input_pipeline.train_batches(data, config, step, jax.device_count())), 2)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
                                                     writer=writer)
   pending_metrics = []
@@ -315,15 +344,24 @@ def train_and_evaluate(config: Config, workdir: str,
     pending_metrics.append(metrics)
     report_progress(step)
     is_last = step == config.num_steps
-    # Metrics are checked before every checkpoint, so a non-finite state is never saved.
-    if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
-      write(step, finite_means(pending_metrics, step))
+    stopping = stop_requested(step)
+    # Metrics are checked before every checkpoint, so a non-finite state is never saved. Not
+    # every step: fetching metrics would wait for each step's end, which stalls the device
+    # queue; the first non-finite step is found among the pending ones instead.
+    if (step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last
+        or stopping):
+      write(step, checked_means(pending_metrics, step))
       pending_metrics = []
     if data.validation_labels.size and (step % config.eval_every == 0 or is_last):
       write(step, {'validation_accuracy': accuracy(state, data.validation_images,
                                                    data.validation_labels)})
-    if step % config.checkpoint_every == 0 or is_last:
+    if step % config.checkpoint_every == 0 or is_last or stopping:
       checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
+    if stopping and not is_last:
+      logging.warning('Stopped at step %d on request; the checkpoint is saved.', step)
+      checkpointer.close()
+      writer.close()
+      return {'step': step, 'stopped': True}
 
   summary = {'step': step,
              'test_accuracy': accuracy(state, data.test_images, data.test_labels),

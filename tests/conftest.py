@@ -17,3 +17,12 @@ def mnist_data_dir() -> str:
     pytest.skip(f'real MNIST not found: {path}/mnist/3.0.1 does not exist '
                 '(set SSGAN_TFDS_DIR to a TFDS data_dir holding prepared mnist 3.0.1)')
   return str(path)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def no_download_check():
+  """In-process runs use tfds.testing.mock_data, which needs no download: skip the network check."""
+  from ssgan_jax import input_pipeline
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(input_pipeline, 'check_download_reachable', lambda builder: None)
+    yield

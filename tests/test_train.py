@@ -146,9 +146,12 @@ def test_conv_experiment_flagfiles_train_end_to_end_on_mock_data(flagfile, datas
   assert (tmp_path / 'checkpoints' / '2').is_dir()
 
 
-def test_non_finite_metrics_stop_training_with_the_step_and_the_loss():
+def test_non_finite_metrics_stop_training_at_the_first_bad_step_with_the_loss():
   metrics = [{'disc_loss': np.array([0.5, 0.7]), 'gen_loss': np.array([1.0, 1.0])},
-             {'disc_loss': np.array([np.nan, 0.7]), 'gen_loss': np.array([1.0, np.inf])}]
+             {'disc_loss': np.array([np.nan, 0.7]), 'gen_loss': np.array([1.0, 1.0])},
+             {'disc_loss': np.array([0.5, 0.7]), 'gen_loss': np.array([1.0, np.inf])}]
   assert train.finite_means(metrics[:1], 1) == {'disc_loss': 0.6, 'gen_loss': 1.0}
-  with pytest.raises(train.NonFiniteLossError, match='by step 2: non-finite .*disc_loss'):
-    train.finite_means(metrics, 2)
+  # Steps 8, 9, 10 pending: 9 is the first with a non-finite metric.
+  with pytest.raises(train.NonFiniteLossError,
+                     match='diverged at step 9: disc_loss=nan, gen_loss=1;'):
+    train.finite_means(metrics, 10)

@@ -1,0 +1,49 @@
+"""Runs over several processes (hosts): start-up, each process's share of a batch, one writer."""
+import re
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+
+from ssgan_jax.config import ConfigError
+
+
+def check_launch(coordinator_address: Optional[str], num_processes: int,
+                 process_id: int) -> None:
+  """Raises ConfigError for launch settings that cannot start."""
+  if num_processes < 1:
+    raise ConfigError('num_processes', num_processes, 'must be >= 1')
+  if not 0 <= process_id < num_processes:
+    raise ConfigError('process_id', process_id,
+                      f'must be in [0, {num_processes - 1}] (--num_processes={num_processes})')
+  if num_processes > 1 and not coordinator_address:
+    raise ConfigError('coordinator_address', coordinator_address,
+                      f'required with --num_processes={num_processes}: host:port of process 0')
+  if coordinator_address:
+    match = re.fullmatch(r'(.+):(\d+)', coordinator_address)
+    if not match or not 0 < int(match.group(2)) < 65536:
+      raise ConfigError('coordinator_address', coordinator_address,
+                        'must be host:port with a port in [1, 65535]')
+
+
+def initialize(coordinator_address: Optional[str], num_processes: int, process_id: int) -> None:
+  """Joins the processes of one run; a single process needs nothing."""
+  if num_processes > 1:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def local_shards(batches: Iterator[dict]) -> Iterator[dict]:
+  """This process's devices' rows of batches sharded over all devices (D_global, B/D, ...).
+
+  pmap gives process p the global device positions [p * L, (p + 1) * L) for its L local
+  devices, so each process trains on its own slice of the same global batch.
+  """
+  local = jax.local_device_count()
+  start = jax.process_index() * local
+  for batch in batches:
+    yield {k: np.asarray(v[start:start + local]) for k, v in batch.items()}
+
+
+def is_writer() -> bool:
+  """Whether this process writes logs and metrics (process 0 does)."""
+  return jax.process_index() == 0
