@@ -4,9 +4,10 @@ from typing import Optional
 
 from ssgan_jax import losses
 
-MODELS = ('mlp', 'conv_small', 'conv_large')
+MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
 EVAL_PARAMS = ('ema', 'raw')
+LABEL_SELECTIONS = ('random', 'representative')
 
 
 def _field(default, help_text: str):
@@ -33,6 +34,7 @@ class Config:
   unsup_weight: float = _field(1.0, "Weight of the unsupervised loss in D's loss.")
   num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
   label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
+  label_selection: str = _field('random', 'Labeled subset: random (class-balanced) or representative (per class, the images nearest k-means centroids in PCA space).')
   num_validation: int = _field(5000, 'Train images held out for validation (model selection).')
   seed: int = _field(0, 'Seed for initialisation, batch order and noise.')
   batch_size: int = _field(100, 'Global batch per stream (labeled, unlabeled, generated); divides over devices.')
@@ -47,6 +49,9 @@ class Config:
   keep_checkpoints: int = _field(3, 'Checkpoints kept (the newest).')
   eval_every: int = _field(1000, 'Steps between validation evaluations.')
   log_every: int = _field(100, 'Steps between metric writes.')
+  # Feedback while training: pictures and progress.
+  sample_every: int = _field(0, 'Steps between pictures of generated samples (PNG and TensorBoard); 0: none.')
+  quiet: bool = _field(False, 'No progress bar or progress lines.')
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
@@ -56,6 +61,7 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
+    'sample_every', 'quiet',
 })
 
 
@@ -79,10 +85,11 @@ def validate(config: Config) -> None:
   _check_choice(config, 'gen_loss', losses.GEN_LOSSES)
   _check_choice(config, 'feature_norm', losses.FEATURE_NORMS)
   _check_choice(config, 'eval_params', EVAL_PARAMS)
+  _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every'):
     _check_at_least(config, name, 1)
-  for name in ('num_steps', 'num_validation', 'unsup_weight'):
+  for name in ('num_steps', 'num_validation', 'unsup_weight', 'sample_every'):
     _check_at_least(config, name, 0)
   if not config.learning_rate > 0:
     raise ConfigError('learning_rate', config.learning_rate, 'must be > 0')

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgan_jax import checkpointing, input_pipeline, losses, models
+from ssgan_jax import checkpointing, input_pipeline, losses, models, plots, progress
 from ssgan_jax.config import Config, check_divisible_by_devices
 
 AXIS = 'batch'
@@ -259,9 +259,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
   writer = metric_writers.create_default_writer(workdir)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  bar = progress.Progress(config.num_steps, int(state.step), config.log_every, config.quiet)
 
   def write(step: int, scalars: dict) -> None:
     writer.write_scalars(step, scalars)
+    bar.record(scalars)
     _append_jsonl(metrics_path, {'step': step, **scalars})
 
   p_train_step = jax.pmap(functools.partial(train_step, setup), axis_name=AXIS,
@@ -294,6 +296,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                                                    data.validation_labels)})
     if step % config.checkpoint_every == 0 or is_last:
       checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
+    if config.mode == 'ssl' and config.sample_every and step % config.sample_every == 0:
+      plots.write_samples(writer, workdir, step, setup, flax.jax_utils.unreplicate(state),
+                          data.unlabeled_images)
+    bar.update(step)
+  bar.close()
 
   summary = {'step': step,
              'test_accuracy': accuracy(state, data.test_images, data.test_labels),
@@ -303,6 +310,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                                               data.validation_labels)
   summary['wall_seconds'] = round(time.time() - start_time, 2)
   write(step, {k: v for k, v in summary.items() if k != 'step'})
+  plots.write_curves(writer, workdir, step)
   checkpointer.close()
   writer.close()
   return summary
