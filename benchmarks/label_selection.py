@@ -76,8 +76,8 @@ def main(argv):
       'jax': jax.__version__, 'runs': []}
   stem = os.path.join(_OUT_DIR.value, 'label_selection')
   for dataset in _DATASETS.value:
-    for selection in SELECTIONS:
-      for seed in range(_SEEDS.value):
+    for seed in range(_SEEDS.value):  # Seeds outermost: a cut-short run stays balanced.
+      for selection in SELECTIONS:
         workdir = os.path.join(workroot, f'{dataset}_{selection}_{seed}')
         record['runs'].append(run(dataset, selection, seed, steps[dataset], workdir))
         with open(stem + '.json', 'w') as f:

@@ -24,9 +24,9 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything a run depends on. Library code reads this, never global flags."""
-  dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...).')
+  dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...), or an embedded one: rings, digits.')
   data_dir: Optional[str] = _field(None, "TFDS data_dir; default is TFDS's own (which downloads).")
-  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192).')
+  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192), mlp_points (2-D points: rings).')
   mode: str = _field('ssl', 'ssl: semi-supervised GAN; supervised: the same D on the labeled images alone.')
   unsup_loss: str = _field('salimans', 'Discriminator head and unsupervised loss: salimans, kplus1 or two_head.')
   gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')

@@ -14,9 +14,14 @@ from sklearn import metrics
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run (required).')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "TFDS data_dir; default: the run's own.")
+FLAGS = flags.FLAGS
+
+
+def define_checkpoint_flags() -> None:
+  """--workdir, --step and --data_dir, for the commands that read a run's checkpoint."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a training run (required).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
+  flags.DEFINE_string('data_dir', None, "TFDS data_dir; default: the run's own.")
 
 
 def evaluate(workdir: str, step=None, data_dir=None) -> dict:
@@ -65,16 +70,17 @@ def report(result: dict) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     ssgan_main._fail(f'unexpected arguments: {" ".join(argv[1:])}')  # pylint: disable=protected-access
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     ssgan_main._fail('--workdir is required')  # pylint: disable=protected-access
   logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
   try:
-    result = evaluate(_WORKDIR.value, _STEP.value, _DATA_DIR.value)
+    result = evaluate(FLAGS.workdir, FLAGS.step, FLAGS.data_dir)
   except config_lib.ConfigError as e:
     ssgan_main._fail(str(e))  # pylint: disable=protected-access
   print(report(result))
-  print(f"saved: {os.path.join(_WORKDIR.value, 'evaluation')}/", flush=True)
+  print(f"saved: {os.path.join(FLAGS.workdir, 'evaluation')}/", flush=True)
 
 
 if __name__ == '__main__':
+  define_checkpoint_flags()
   app.run(main, flags_parser=ssgan_main.parse_flags)

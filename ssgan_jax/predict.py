@@ -10,11 +10,10 @@ import numpy as np
 from PIL import Image
 
 from ssgan_jax import config as config_lib
+from ssgan_jax import evaluate
 from ssgan_jax import main as ssgan_main
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run (required).')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "TFDS data_dir; default: the run's own.")
+FLAGS = flags.FLAGS
 _MODES = {1: 'L', 3: 'RGB'}  # PIL image mode for each channel count
 
 
@@ -39,26 +38,33 @@ def read_image(path: str, shape: tuple) -> np.ndarray:
   return np.asarray(image, np.uint8).reshape(shape)
 
 
+def predictions(run, paths: list[str]) -> list[str]:
+  """'path<TAB>class k<TAB>probability p' per file; ImageError if any file does not fit."""
+  images = np.stack([read_image(path, run.info.image_shape) for path in paths])
+  probabilities = run.class_probabilities(images, run.config.eval_params)
+  return [f'{path}\tclass {int(p.argmax())}\tprobability {p.max():.4f}'
+          for path, p in zip(paths, probabilities)]
+
+
 def main(argv: list[str]) -> None:
   paths = argv[1:]
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     ssgan_main._fail('--workdir is required')  # pylint: disable=protected-access
   if not paths:
     ssgan_main._fail('no image files given; usage: predict --workdir=DIR IMAGE...')  # pylint: disable=protected-access
   logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
   from ssgan_jax import trained  # Heavy: after argument checks.
   try:
-    run = trained.load(_WORKDIR.value, _STEP.value, _DATA_DIR.value)
+    run = trained.load(FLAGS.workdir, FLAGS.step, FLAGS.data_dir)
     if len(run.info.image_shape) != 3:
-      raise config_lib.ConfigError('workdir', _WORKDIR.value,
+      raise config_lib.ConfigError('workdir', FLAGS.workdir,
                                    f'holds a model of {run.config.dataset}, which is not images')
-    images = np.stack([read_image(path, run.info.image_shape) for path in paths])
+    lines = predictions(run, paths)
   except (config_lib.ConfigError, ImageError) as e:
     ssgan_main._fail(str(e))  # pylint: disable=protected-access
-  probabilities = run.class_probabilities(images, run.config.eval_params)
-  for path, p in zip(paths, probabilities):
-    print(f'{path}\tclass {int(p.argmax())}\tprobability {p.max():.4f}', flush=True)
+  print('\n'.join(lines), flush=True)
 
 
 if __name__ == '__main__':
+  evaluate.define_checkpoint_flags()
   app.run(main, flags_parser=ssgan_main.parse_flags)
