@@ -5,12 +5,15 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from ssgan_jax import demo, embedded_datasets, evaluate, flag_docs, plots, predict, train, trained
+from ssgan_jax import demo, embedded_datasets, evaluate, flag_docs, input_pipeline, models, plots
+from ssgan_jax import predict, train, trained
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import ConfigError
 
@@ -33,10 +36,11 @@ def rings_demo(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
+  """A tiny supervised digits run (no G to compile): a checkpoint of an image classifier."""
   workdir = str(tmp_path_factory.mktemp('digits_run'))
-  config = tiny('digits.flags', '--num_labeled=20', '--num_validation=50', '--batch_size=20',
-                '--num_steps=6', '--eval_every=3', '--log_every=3', '--checkpoint_every=3',
-                '--sample_every=3')
+  config = tiny('digits.flags', '--mode=supervised', '--num_labeled=20', '--num_validation=50',
+                '--batch_size=20', '--num_steps=6', '--eval_every=6', '--log_every=3',
+                '--checkpoint_every=3')
   return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -70,16 +74,26 @@ def test_rings_demo_trains_both_modes_and_draws_both_boundaries(rings_demo):
       500, 500, 3)
 
 
-def test_digit_samples_are_an_image_grid_also_in_tensorboard(digits_run):
-  workdir, _ = digits_run
+def test_digit_samples_are_an_image_grid(tmp_path):
+  config = tiny('digits.flags')
+  info = input_pipeline.dataset_info(config)
+  setup = train.Setup.create(config, info)
+  images, _ = embedded_datasets.DATASETS['digits'].make()['train']
+  gen_variables = setup.generator(None).init(
+      jax.random.key(0), models.sample_latent(jax.random.split(jax.random.key(1), 100)))
+  state = types.SimpleNamespace(gen_params=gen_variables['params'],
+                                gen_batch_stats=gen_variables['batch_stats'])
   tile = 8 * -(-plots.MIN_TILE // 8)
   side = plots.GRID * (tile + 2) + 2
-  for step in (3, 6):
-    grid = read_png(os.path.join(workdir, 'samples', f'step_{step:08d}.png'))
-    assert grid.shape == (side, side, 3)
-    assert_not_blank(grid)
+  grid = plots.samples_picture(setup, state, images, step=0)
+  assert grid.shape == (side, side, 3)
+  assert_not_blank(grid)
+
+
+def test_samples_and_curves_also_go_to_tensorboard(rings_demo):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  [events] = pathlib.Path(workdir).glob('events.out.tfevents.*')
+  workdir, _ = rings_demo
+  [events] = pathlib.Path(workdir, 'ssl').glob('events.out.tfevents.*')
   tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events))
           for v in e.summary.value}
   assert {'samples', 'curves', 'disc_loss', 'validation_accuracy'} <= tags
