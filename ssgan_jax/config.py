@@ -5,9 +5,10 @@ from typing import Optional
 
 from ssgan_jax import losses
 
-MODELS = ('mlp', 'conv_small', 'conv_large')
+MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
 EVAL_PARAMS = ('ema', 'raw')
+LABEL_SELECTIONS = ('random', 'representative')
 
 
 def _field(default, help_text: str):
@@ -24,9 +25,9 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything a run depends on. Library code reads this, never global flags."""
-  dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...).')
+  dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...), or an embedded one: rings, digits.')
   data_dir: Optional[str] = _field(None, "TFDS data_dir; default is TFDS's own (which downloads).")
-  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192).')
+  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192), mlp_points (2-D points: rings).')
   mode: str = _field('ssl', 'ssl: semi-supervised GAN; supervised: the same D on the labeled images alone.')
   unsup_loss: str = _field('salimans', 'Discriminator head and unsupervised loss: salimans, kplus1 or two_head.')
   gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')
@@ -42,6 +43,7 @@ class Config:
   minibatch_kernel_dim: int = _field(5, 'Dimension of each minibatch discrimination kernel.')
   num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
   label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
+  label_selection: str = _field('random', 'Labeled subset: random (class-balanced) or representative (per class, the images nearest k-means centroids in PCA space).')
   num_validation: int = _field(5000, 'Train images held out for validation (model selection).')
   seed: int = _field(0, 'Seed for initialisation, batch order and noise.')
   batch_size: int = _field(100, 'Global batch per stream (labeled, unlabeled, generated); divides over devices.')
@@ -56,6 +58,9 @@ class Config:
   keep_checkpoints: int = _field(3, 'Checkpoints kept (the newest).')
   eval_every: int = _field(1000, 'Steps between validation evaluations.')
   log_every: int = _field(100, 'Steps between metric writes.')
+  # Feedback while training: pictures and progress.
+  sample_every: int = _field(0, 'Steps between pictures of generated samples (PNG and TensorBoard); 0: none.')
+  quiet: bool = _field(False, 'No progress bar or progress lines.')
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
@@ -65,6 +70,7 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
+    'sample_every', 'quiet',
 })
 
 
@@ -88,11 +94,12 @@ def validate(config: Config) -> None:
   _check_choice(config, 'gen_loss', losses.GEN_LOSSES)
   _check_choice(config, 'feature_norm', losses.FEATURE_NORMS)
   _check_choice(config, 'eval_params', EVAL_PARAMS)
+  _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every'):
     _check_at_least(config, name, 1)
   for name in ('num_steps', 'num_validation', 'unsup_weight', 'seed', 'label_seed',
-               'historical_averaging', 'minibatch_kernels'):
+               'historical_averaging', 'minibatch_kernels', 'sample_every'):
     _check_at_least(config, name, 0)
   _check_at_least(config, 'minibatch_kernel_dim', 1)
   if config.num_steps >= 2**31:  # the step counter is int32

@@ -18,6 +18,7 @@ try:
 except ImportError:  # arrays exported to .npz (benchmarks/export_data.py) need no TFDS
   tfds = None
 
+from ssgan_jax import embedded_datasets, label_selection
 from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.models import MODEL_FAMILIES
 
@@ -38,6 +39,11 @@ class DatasetInfo:
 
 def dataset_info(config: Config) -> DatasetInfo:
   """Reads a dataset's metadata and checks the config against it; raises ConfigError."""
+  embedded = embedded_datasets.DATASETS.get(config.dataset)
+  if embedded is not None:
+    info = DatasetInfo(embedded.num_classes, embedded.example_shape, embedded.train_size)
+    check_against_dataset(config, info)
+    return info
   if config.data_dir is not None and not os.access(config.data_dir, os.R_OK | os.X_OK):
     raise ConfigError('data_dir', config.data_dir, 'must be a readable directory')
   try:
@@ -67,6 +73,12 @@ def check_against_dataset(config: Config, info: DatasetInfo) -> None:
     raise ConfigError('num_labeled', config.num_labeled,
                       f'at most {info.train_size - config.num_validation} (the train split '
                       f'has {info.train_size} images, --num_validation={config.num_validation})')
+  is_vector = len(info.image_shape) == 1
+  if is_vector != (MODEL_FAMILIES[config.model].pixel_range is None):
+    fitting = [name for name, family in MODEL_FAMILIES.items()
+               if (family.pixel_range is None) == is_vector]
+    raise ConfigError('model', config.model, f'{config.dataset} holds '
+                      f'{"vectors" if is_vector else "images"}; use --model={"|".join(fitting)}')
   supported = MODEL_FAMILIES[config.model].supported_shape
   if supported is not None and info.image_shape[:2] != supported:
     raise ConfigError('model', config.model, f'makes {supported[0]}x{supported[1]} images; '
@@ -87,7 +99,10 @@ class SemiSupervisedData:
 
 
 def load_split(config: Config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """A whole TFDS split as (uint8 images, int32 labels)."""
+  """A whole split as (uint8 images, or float32 vectors, and int32 labels)."""
+  embedded = embedded_datasets.DATASETS.get(config.dataset)
+  if embedded is not None:
+    return embedded.make()[split]
   # Chunks rather than batch_size=-1, which needs the split size in the metadata.
   chunks = list(tfds.as_numpy(tfds.load(config.dataset, split=split, data_dir=config.data_dir,
                                         batch_size=_READ_CHUNK)))
@@ -148,12 +163,17 @@ def check_download_reachable(builder: tfds.core.DatasetBuilder) -> None:
 
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
   """Loads train and test and splits train into validation, labeled and unlabeled."""
-  prepare(config)
+  if config.dataset not in embedded_datasets.DATASETS:
+    prepare(config)
   train_images, train_labels = load_split(config, 'train')
   test_images, test_labels = load_split(config, 'test')
   validation, labeled, unlabeled = split_train(
       train_labels, info.num_classes, config.num_labeled, config.num_validation,
       config.label_seed)
+  if config.label_selection == 'representative':
+    labeled = unlabeled[label_selection.representative(
+        train_images[unlabeled], train_labels[unlabeled], config.num_labeled // info.num_classes,
+        config.label_seed)]
   return SemiSupervisedData(
       labeled_images=train_images[labeled], labeled_labels=train_labels[labeled],
       unlabeled_images=train_images[unlabeled],

@@ -215,6 +215,7 @@ class MlpGenerator(nn.Module):
   image_shape: Sequence[int]
   hidden: Sequence[int] = (500, 500)
   axis_name: Optional[str] = None
+  output_activation: Callable = nn.sigmoid
 
   @nn.compact
   def __call__(self, z_BxZ):
@@ -226,8 +227,8 @@ class MlpGenerator(nn.Module):
     size = 1
     for d in self.image_shape:
       size *= d
-    pixels = nn.sigmoid(WNDense(size, trainable_scale=True, data_init=False,
-                                v_init=_MLP_GEN_INIT)(h))
+    pixels = self.output_activation(WNDense(size, trainable_scale=True, data_init=False,
+                                            v_init=_MLP_GEN_INIT)(h))
     return pixels.reshape((z_BxZ.shape[0], *self.image_shape))
 
 
@@ -285,14 +286,20 @@ class ConvGenerator(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
-  """A discriminator/generator pair and the pixel range both work in."""
+  """A discriminator/generator pair and the pixel range both work in.
+
+  `pixel_range=None` marks a family for real-valued vectors (such as 2-D points), which
+  both networks take as they are.
+  """
   discriminator: Callable[[int], nn.Module]            # num_outputs -> D
   generator: Callable[[Sequence[int], Optional[str]], nn.Module]  # image shape, axis -> G
-  pixel_range: tuple[float, float]
+  pixel_range: Optional[tuple[float, float]]
   supported_shape: Optional[tuple[int, int]]           # (H, W) the generator can make
 
   def scale_pixels(self, images_uint8):
-    """uint8 pixels [0, 255] -> floats in `pixel_range`."""
+    """uint8 pixels [0, 255] -> floats in `pixel_range` (vectors: unchanged, as float32)."""
+    if self.pixel_range is None:
+      return images_uint8.astype(jnp.float32)
     low, high = self.pixel_range
     return images_uint8.astype(jnp.float32) * ((high - low) / 255.0) + low
 
@@ -310,6 +317,13 @@ MODEL_FAMILIES = {
         discriminator=lambda n: ConvDiscriminator(n, widths=(96, 192)),
         generator=lambda shape, axis: ConvGenerator(tuple(shape), axis_name=axis),
         pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
+    # Small MLPs for 2-D toy data (the rings demo); G's output is linear.
+    'mlp_points': ModelFamily(
+        discriminator=lambda n: MlpDiscriminator(n, hidden=(100, 100, 100), input_noise=0.05,
+                                                 hidden_noise=0.3),
+        generator=lambda shape, axis: MlpGenerator(tuple(shape), hidden=(100, 100),
+                                                   axis_name=axis, output_activation=lambda x: x),
+        pixel_range=None, supported_shape=None),
 }
 
 LATENT_DIM = 100

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgan_jax import checkpointing, input_pipeline, losses, models, multihost
+from ssgan_jax import checkpointing, input_pipeline, losses, models, multihost, plots, progress
 from ssgan_jax.config import Config, check_divisible_by_devices
 
 AXIS = 'batch'
@@ -310,9 +310,11 @@ def train_and_evaluate(config: Config, workdir: str,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not multihost.is_writer())
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  bar = progress.Progress(config.num_steps, int(state.step), config.log_every, config.quiet)
 
   def write(step: int, scalars: dict) -> None:
     writer.write_scalars(step, scalars)
+    bar.record(scalars)
     if multihost.is_writer():
       _append_jsonl(metrics_path, {'step': step, **scalars})
 
@@ -357,11 +359,18 @@ def train_and_evaluate(config: Config, workdir: str,
                                                    data.validation_labels)})
     if step % config.checkpoint_every == 0 or is_last or stopping:
       checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
+    if (config.mode == 'ssl' and config.sample_every and step % config.sample_every == 0
+        and multihost.is_writer()):
+      plots.write_samples(writer, workdir, step, setup, flax.jax_utils.unreplicate(state),
+                          data.unlabeled_images)
+    bar.update(step)
     if stopping and not is_last:
+      bar.close()
       logging.warning('Stopped at step %d on request; the checkpoint is saved.', step)
       checkpointer.close()
       writer.close()
       return {'step': step, 'stopped': True}
+  bar.close()
 
   summary = {'step': step,
              'test_accuracy': accuracy(state, data.test_images, data.test_labels),
@@ -371,6 +380,7 @@ def train_and_evaluate(config: Config, workdir: str,
                                               data.validation_labels)
   summary['wall_seconds'] = round(time.time() - start_time, 2)
   write(step, {k: v for k, v in summary.items() if k != 'step'})
+  plots.write_curves(writer, workdir, step)
   checkpointer.close()
   writer.close()
   return summary

@@ -1,0 +1,91 @@
+"""Random against representative labeled subsets (--label_selection), over several label seeds.
+
+For each dataset and selection, trains one semi-supervised run per --label_seed on a short
+budget and reports test accuracy as mean ± std over the seeds. Prints and saves a JSON record
+and a markdown table under --out_dir (rewritten after every run, so a cut-short benchmark
+keeps what it measured).
+
+  python benchmarks/label_selection.py --data_dir=../shared/tfds
+"""
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from ssgan_jax import main as ssgan_main
+from ssgan_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
+_DATASETS = flags.DEFINE_list('datasets', ['digits', 'mnist'], 'Flagfiles in experiments/ to run.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Label seeds 0, 1, ... per selection.')
+_STEPS = flags.DEFINE_list('steps', ['digits:1000', 'mnist:1100'],
+                           'Train steps per dataset (short budgets), as name:steps.')
+_MODE = flags.DEFINE_string('mode', 'ssl', 'ssl or supervised.')
+_OUT_DIR = flags.DEFINE_string('out_dir', str(REPO / 'benchmarks' / 'out'), 'Output folder.')
+SELECTIONS = ('random', 'representative')
+
+
+def run(dataset: str, selection: str, label_seed: int, steps: int, workdir: str) -> dict:
+  """One quiet training run; returns its settings and summary."""
+  args = [f'--flagfile={REPO / "experiments" / f"{dataset}.flags"}', f'--mode={_MODE.value}',
+          f'--label_selection={selection}', f'--label_seed={label_seed}',
+          f'--num_steps={steps}', f'--checkpoint_every={steps}', f'--eval_every={steps}',
+          '--sample_every=0', '--quiet']
+  if _DATA_DIR.value:
+    args.append(f'--data_dir={_DATA_DIR.value}')
+  config, _ = ssgan_main.parse_config(args)
+  summary = train.train_and_evaluate(config, workdir)
+  return {'dataset': dataset, 'selection': selection, 'label_seed': label_seed,
+          'num_labeled': config.num_labeled, 'num_steps': steps, **summary}
+
+
+def markdown(record: dict) -> str:
+  rows = ['| dataset | labels | steps | selection | test accuracy (EMA), mean ± std | per seed | wall s (mean) |',
+          '|---|---|---|---|---|---|---|']
+  groups = {}
+  for r in record['runs']:
+    groups.setdefault((r['dataset'], r['selection']), []).append(r)
+  for (dataset, selection), runs in groups.items():
+    acc = 100 * np.array([r['test_accuracy'] for r in runs])
+    rows.append(f"| {dataset} | {runs[0]['num_labeled']} | {runs[0]['num_steps']} | {selection} | "
+                f"{acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.2f} % | "
+                + ', '.join(f'{a:.2f}' for a in acc)
+                + f" | {np.mean([r['wall_seconds'] for r in runs]):.0f} |")
+  return '\n'.join(rows) + '\n'
+
+
+def main(argv):
+  del argv
+  steps = {name: int(n) for name, n in (item.split(':') for item in _STEPS.value)}
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  workroot = tempfile.mkdtemp(prefix='label_selection_', dir=_OUT_DIR.value)
+  record = {
+      'benchmark': 'label_selection', 'mode': _MODE.value,
+      'command': ' '.join(['python'] + sys.argv),
+      'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
+      platform.machine(), 'cpu_count': os.cpu_count(),
+      'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
+      'jax': jax.__version__, 'runs': []}
+  stem = os.path.join(_OUT_DIR.value, 'label_selection')
+  for dataset in _DATASETS.value:
+    for seed in range(_SEEDS.value):  # Seeds outermost: a cut-short run stays balanced.
+      for selection in SELECTIONS:
+        workdir = os.path.join(workroot, f'{dataset}_{selection}_{seed}')
+        record['runs'].append(run(dataset, selection, seed, steps[dataset], workdir))
+        with open(stem + '.json', 'w') as f:
+          json.dump(record, f, indent=1)
+        with open(stem + '.md', 'w') as f:
+          f.write(markdown(record))
+  print(markdown(record))
+
+
+if __name__ == '__main__':
+  app.run(main)

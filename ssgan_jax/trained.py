@@ -1,0 +1,69 @@
+"""A run restored from its workdir (config, model, state) for evaluation, prediction and pictures."""
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ssgan_jax import checkpointing, input_pipeline, train
+from ssgan_jax.config import Config, ConfigError
+
+_BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A checkpoint's train state with the Setup its saved config builds."""
+  setup: train.Setup
+  state: train.TrainState
+  info: input_pipeline.DatasetInfo
+  step: int
+
+  @property
+  def config(self) -> Config:
+    return self.setup.config
+
+  def class_probabilities(self, examples: np.ndarray, which: str = 'ema') -> np.ndarray:
+    """NxK class probabilities of D (noise off) with raw or moving-average parameters."""
+    variables = train.eval_disc_variables(self.setup, self.state, which)
+    return np.concatenate([np.asarray(_probabilities(self.setup, variables,
+                                                     examples[i:i + _BATCH]))
+                           for i in range(0, len(examples), _BATCH)])
+
+
+@jax.jit(static_argnums=0)
+def _probabilities(setup: train.Setup, variables: dict, examples):
+  outputs, _ = setup.disc.apply(variables, setup.family.scale_pixels(examples))
+  return jax.nn.softmax(setup.head.class_logits(outputs, setup.num_classes), -1)
+
+
+def load(workdir: str, step: Optional[int] = None, data_dir: Optional[str] = None) -> Trained:
+  """The checkpoint at `step` (default: the newest) in workdir; ConfigError if there is none."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise ConfigError('workdir', workdir, 'has no checkpoints/; train there first')
+  manager = checkpointing.Checkpointer(workdir, Config()).manager
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise ConfigError('workdir', workdir, 'has no checkpoints; train there first')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ConfigError('step', step, f'no checkpoint; {workdir} has steps '
+                      + ', '.join(map(str, steps)))
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  known = {f.name for f in dataclasses.fields(Config)}
+  config = Config(**{k: v for k, v in saved.items() if k in known})
+  if data_dir is not None:
+    config = config.replace(data_dir=data_dir)
+  info = input_pipeline.dataset_info(config)
+  setup = train.Setup.create(config, info)
+  example_dtype = jnp.float32 if setup.family.pixel_range is None else jnp.uint8
+  abstract_state = jax.eval_shape(
+      lambda x: train.create_train_state(setup, x),
+      jax.ShapeDtypeStruct((train.INIT_BATCH_SIZE, *info.image_shape), example_dtype))
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))['state']
+  manager.close()
+  return Trained(setup=setup, state=state, info=info, step=step)

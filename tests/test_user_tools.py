@@ -1,0 +1,179 @@
+"""The demo, the pictures, evaluate and predict, on tiny trained runs shared by the tests."""
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssgan_jax import demo, embedded_datasets, evaluate, flag_docs, input_pipeline, models, plots
+from ssgan_jax import predict, train, trained
+from ssgan_jax import main as ssgan_main
+from ssgan_jax.config import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny(flagfile: str, *args: str):
+  config, _ = ssgan_main.parse_config([f'--flagfile={REPO / "experiments" / flagfile}', '--quiet',
+                                       *args])
+  return config
+
+
+@pytest.fixture(scope='module')
+def rings_demo(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('rings_demo'))
+  config = tiny('rings.flags', '--num_steps=20', '--eval_every=10', '--log_every=5',
+                '--checkpoint_every=10', '--sample_every=10')
+  return workdir, demo.run_demo(config, workdir)
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+  """A tiny supervised digits run (no G to compile): a checkpoint of an image classifier."""
+  workdir = str(tmp_path_factory.mktemp('digits_run'))
+  config = tiny('digits.flags', '--mode=supervised', '--num_labeled=20', '--num_validation=50',
+                '--batch_size=20', '--num_steps=6', '--eval_every=6', '--log_every=3',
+                '--checkpoint_every=3')
+  return workdir, train.train_and_evaluate(config, workdir)
+
+
+def read_png(path) -> np.ndarray:
+  assert os.path.isfile(path), path
+  return np.asarray(Image.open(path).convert('RGB'))
+
+
+def assert_not_blank(rgb: np.ndarray) -> None:
+  """More than a background: many pixels differ from the most common colour."""
+  flat = rgb.reshape(-1, 3)
+  colours, counts = np.unique(flat, axis=0, return_counts=True)
+  assert counts.max() < 0.97 * len(flat) and len(colours) > 10
+
+
+def test_rings_demo_trains_both_modes_and_draws_both_boundaries(rings_demo):
+  workdir, summaries = rings_demo
+  assert set(summaries) == {'ssl', 'supervised'}
+  for mode, summary in summaries.items():
+    assert summary['step'] == 20 and 0 <= summary['test_accuracy'] <= 1
+    assert_not_blank(read_png(os.path.join(workdir, mode, 'curves.png')))
+  boundaries = read_png(os.path.join(workdir, 'decision_boundaries.png'))
+  assert boundaries.shape == (500, 1000, 3)
+  assert_not_blank(boundaries[:, :500])
+  assert_not_blank(boundaries[:, 500:])
+  # Generated points are drawn in G's runs only; pictures of samples likewise.
+  assert sorted(os.listdir(os.path.join(workdir, 'ssl', 'samples'))) == [
+      'step_00000010.png', 'step_00000020.png']
+  assert not os.path.exists(os.path.join(workdir, 'supervised', 'samples'))
+  assert read_png(os.path.join(workdir, 'ssl', 'samples', 'step_00000020.png')).shape == (
+      500, 500, 3)
+
+
+def test_digit_samples_are_an_image_grid(tmp_path):
+  config = tiny('digits.flags')
+  info = input_pipeline.dataset_info(config)
+  setup = train.Setup.create(config, info)
+  images, _ = embedded_datasets.DATASETS['digits'].make()['train']
+  gen_variables = setup.generator(None).init(
+      jax.random.key(0), models.sample_latent(jax.random.split(jax.random.key(1), 100)))
+  state = types.SimpleNamespace(gen_params=gen_variables['params'],
+                                gen_batch_stats=gen_variables['batch_stats'])
+  tile = 8 * -(-plots.MIN_TILE // 8)
+  side = plots.GRID * (tile + 2) + 2
+  grid = plots.samples_picture(setup, state, images, step=0)
+  assert grid.shape == (side, side, 3)
+  assert_not_blank(grid)
+
+
+def test_samples_and_curves_also_go_to_tensorboard(rings_demo):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  workdir, _ = rings_demo
+  [events] = pathlib.Path(workdir, 'ssl').glob('events.out.tfevents.*')
+  tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events))
+          for v in e.summary.value}
+  assert {'samples', 'curves', 'disc_loss', 'validation_accuracy'} <= tags
+
+
+def test_evaluate_matches_training_and_writes_json_and_confusion_png(digits_run):
+  workdir, summary = digits_run
+  result = evaluate.evaluate(workdir)
+  assert result['step'] == 6 and result['num_test'] == 497
+  assert result['test_accuracy_ema'] == pytest.approx(summary['test_accuracy'])
+  assert result['test_accuracy_raw'] == pytest.approx(summary['test_accuracy_raw'])
+  confusion = np.asarray(result['confusion_matrix_ema'])
+  assert confusion.shape == (10, 10) and confusion.sum() == 497
+  assert np.trace(confusion) / 497 == pytest.approx(result['test_accuracy_ema'])
+  saved = json.loads(pathlib.Path(workdir, 'evaluation', 'step_6.json').read_text())
+  assert saved == result
+  assert_not_blank(read_png(os.path.join(workdir, 'evaluation', 'confusion_step_6.png')))
+  text = evaluate.report(result)
+  assert f"{100 * result['test_accuracy_ema']:.2f} % (EMA)" in text
+
+
+def test_evaluate_refuses_a_missing_step_or_workdir(digits_run, tmp_path):
+  workdir, _ = digits_run
+  assert trained.load(workdir, step=3).step == 3
+  with pytest.raises(ConfigError, match=re.escape(f'--step=4: no checkpoint; {workdir} has steps 3, 6')):
+    trained.load(workdir, step=4)
+  with pytest.raises(ConfigError, match='has no checkpoints/; train there first'):
+    trained.load(str(tmp_path / 'empty'))
+  assert not (tmp_path / 'empty').exists()
+
+
+def write_digit_files(directory: pathlib.Path) -> dict:
+  images, labels = embedded_datasets.DATASETS['digits'].make()['test']
+  paths = {}
+  for i in range(3):
+    paths[str(directory / f'digit{i}.png')] = labels[i]
+    Image.fromarray(images[i, :, :, 0]).save(directory / f'digit{i}.png')
+  Image.fromarray(images[0, :, :, 0]).convert('RGB').save(directory / 'rgb.png')
+  Image.new('L', (28, 28)).save(directory / 'mnist_sized.png')
+  (directory / 'text.png').write_text('not an image')
+  return paths
+
+
+def test_predict_gives_the_class_and_probability_of_each_file(digits_run, tmp_path):
+  workdir, _ = digits_run
+  paths = write_digit_files(tmp_path)
+  run = trained.load(workdir)
+  images, _ = embedded_datasets.DATASETS['digits'].make()['test']
+  probabilities = run.class_probabilities(images[:3])
+  assert predict.predictions(run, list(paths)) == [
+      f'{path}\tclass {p.argmax()}\tprobability {p.max():.4f}'
+      for path, p in zip(paths, probabilities)]
+  assert np.allclose(probabilities.sum(-1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('rgb.png', 'PIL mode RGB; the model takes 1-channel 8-bit images (mode L)'),
+    ('mnist_sized.png', 'is 28x28; the model takes 8x8'),
+    ('text.png', 'cannot be read as an image (UnidentifiedImageError)'),
+    ('missing.png', 'cannot be read as an image (FileNotFoundError)'),
+])
+def test_predict_reads_only_images_that_fit(name, expected, tmp_path):
+  write_digit_files(tmp_path)
+  with pytest.raises(predict.ImageError, match=re.escape(f'{tmp_path / name}: {expected}')):
+    predict.read_image(str(tmp_path / name), (8, 8, 1))
+
+
+def test_predict_command_on_a_bad_file_exits_2_with_one_line(digits_run, tmp_path):
+  workdir, _ = digits_run
+  paths = list(write_digit_files(tmp_path))
+  result = subprocess.run([sys.executable, '-m', 'ssgan_jax.predict', f'--workdir={workdir}',
+                           paths[0], str(tmp_path / 'rgb.png')], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert errors == [f'error: {tmp_path / "rgb.png"}: PIL mode RGB; the model takes 1-channel '
+                    '8-bit images (mode L)']
+  assert 'Traceback' not in result.stderr and result.stdout == ''
+
+
+def test_readme_flag_table_is_up_to_date():
+  text = flag_docs.README.read_text()
+  assert flag_docs.updated_readme(text) == text, 'run: python -m ssgan_jax.flag_docs'
