@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ssgan_jax import config as config_lib
 
 _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
-                   float: flags.DEFINE_float}
+                   float: flags.DEFINE_float, bool: flags.DEFINE_boolean}
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

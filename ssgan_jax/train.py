@@ -7,7 +7,7 @@ import time
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epy
 import flax
 import flax.struct
 import jax
@@ -15,7 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgan_jax import checkpointing, input_pipeline, losses, models
+# Lazy (clu's writers import TensorFlow), so that the train step imports without it.
+with epy.lazy_imports():
+  from clu import metric_writers, parameter_overview, periodic_actions
+
+from ssgan_jax import checkpointing, input_pipeline, losses, models, parallel, precision
 from ssgan_jax.config import Config, check_divisible_by_devices
 
 AXIS = 'batch'
@@ -56,7 +60,8 @@ class Setup:
 
   @classmethod
   def create(cls, config: Config, info: input_pipeline.DatasetInfo) -> 'Setup':
-    family = models.MODEL_FAMILIES[config.model]
+    family = precision.with_compute_dtype(models.MODEL_FAMILIES[config.model],
+                                          config.compute_dtype)
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
@@ -222,7 +227,8 @@ def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, label
 
 def finite_means(step_metrics: list[dict], step: int) -> dict:
   """Means over steps of per-device metrics; raises NonFiniteLossError on NaN or inf."""
-  stacked = jax.tree.map(lambda *m: np.stack(m), *jax.device_get(step_metrics))
+  stacked = jax.tree.map(lambda *m: np.concatenate([np.ravel(x) for x in m]),
+                         *jax.device_get(step_metrics))
   means = {k: float(np.mean(v)) for k, v in stacked.items()}
   bad = {k: v for k, v in means.items() if not np.isfinite(v)}
   if bad:
@@ -264,8 +270,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     writer.write_scalars(step, scalars)
     _append_jsonl(metrics_path, {'step': step, **scalars})
 
-  p_train_step = jax.pmap(functools.partial(train_step, setup), axis_name=AXIS,
-                          donate_argnums=(0,))
+  p_train_step = parallel.DataParallelTrainer(functools.partial(train_step, setup), config,
+                                             data, AXIS)
   p_eval_step = jax.pmap(functools.partial(eval_step, setup), axis_name=AXIS)
 
   def accuracy(state, images, labels, which=config.eval_params) -> float:
@@ -274,14 +280,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
   step = int(state.step)
   state = flax.jax_utils.replicate(state)
-  batches = flax.jax_utils.prefetch_to_device(
-      input_pipeline.train_batches(data, config, step, num_devices), 2)
+  batches = p_train_step.chunks(step)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
                                                     writer=writer)
   pending_metrics = []
   while step < config.num_steps:
+    num_steps = p_train_step.steps_in_call(step)
     state, metrics = p_train_step(state, next(batches))
-    step += 1
+    step += num_steps
     pending_metrics.append(metrics)
     report_progress(step)
     is_last = step == config.num_steps
