@@ -168,18 +168,20 @@ class ConvDiscriminator(nn.Module):
   """The 32x32 convolutional discriminator; widths (96, 192) for CIFAR-10, (64, 128) for SVHN."""
   num_outputs: int
   widths: Sequence[int] = (96, 192)
+  input_dropout: float = 0.2
+  hidden_dropout: float = 0.5
 
   @nn.compact
   def __call__(self, images_BxHxWxC, example_keys=None):
     noise = ExampleNoise(example_keys)
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
-    h = noise.dropout(images_BxHxWxC, 0.2)
+    h = noise.dropout(images_BxHxWxC, self.input_dropout)
     for width in (narrow, wide):
       h = lrelu(WNConv(width)(h))
       h = lrelu(WNConv(width)(h))
       h = lrelu(WNConv(width, stride=2)(h))
-      h = noise.dropout(h, 0.5)
+      h = noise.dropout(h, self.hidden_dropout)
     h = lrelu(WNConv(wide, padding='VALID')(h))
     h = lrelu(WNConv(wide, kernel=1)(h))
     h = lrelu(WNConv(wide, kernel=1)(h))

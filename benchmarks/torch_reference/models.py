@@ -1,0 +1,293 @@
+"""The discriminators and generators of ssgan_jax.models, as eager PyTorch modules.
+
+Layouts follow PyTorch: Linear weights are (out, in), convolutions work in NCHW. The MLP
+family keeps NHWC images and flattens them as the Flax model does, so its first layer sees
+the pixels in the same order.
+
+Weight-normalised layers compute w = g * v / ||v|| plus a bias. Their scale g and bias are
+set from the first batch they see while `pending_init` is true (data-dependent init, on the
+init batch with noise on, as in Flax's `init`); untrained scales are buffers, the
+counterpart of Flax's 'constants' collection. Noise and dropout are on in train mode and
+off in eval mode (Flax: with and without example keys). The generators' batch norm always
+normalises with the statistics of the batch, as the Flax generator does.
+"""
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ssgan_jax import models as jax_models
+
+LATENT_DIM = jax_models.LATENT_DIM
+_MLP_V_STD = 0.1
+_CONV_V_STD = 0.05
+
+
+def _normal(std: float) -> Callable[[torch.Tensor], None]:
+  return lambda w: nn.init.normal_(w, 0.0, std)
+
+
+def _glorot(w: torch.Tensor) -> None:
+  nn.init.xavier_uniform_(w)
+
+
+class ScaleBias(nn.Module):
+  """Per-channel scale and bias; with `data_init`, chosen from the first batch seen."""
+
+  def __init__(self, features: int, init_scale: float = 1.0, trainable_scale: bool = False,
+               data_init: bool = True):
+    super().__init__()
+    self.init_scale = init_scale
+    self.pending_init = data_init
+    self.bias = nn.Parameter(torch.zeros(features))
+    if trainable_scale:
+      self.scale = nn.Parameter(torch.ones(features))
+    else:
+      self.register_buffer('scale', torch.ones(features))
+
+  def forward(self, y):
+    shape = (1, -1) + (1,) * (y.ndim - 2)  # channels are dim 1
+    if self.pending_init:
+      with torch.no_grad():
+        dims = [d for d in range(y.ndim) if d != 1]
+        scale = self.init_scale * torch.rsqrt(y.var(dims, unbiased=False) + 1e-8)
+        self.scale.copy_(scale)
+        self.bias.copy_(-y.mean(dims) * scale)
+      self.pending_init = False
+    return y * self.scale.view(shape) + self.bias.view(shape)
+
+
+def _unit_rows(v: torch.Tensor, dims) -> torch.Tensor:
+  """1 / ||v|| per output feature."""
+  return torch.rsqrt(torch.sum(v * v, dim=dims) + 1e-12)
+
+
+class WNLinear(nn.Module):
+  """Weight-normalised dense layer."""
+
+  def __init__(self, in_features: int, out_features: int, v_init=_normal(_MLP_V_STD),
+               init_scale: float = 1.0, trainable_scale: bool = False, data_init: bool = True):
+    super().__init__()
+    self.v = nn.Parameter(torch.empty(out_features, in_features))
+    v_init(self.v)
+    self.scale_bias = ScaleBias(out_features, init_scale, trainable_scale, data_init)
+
+  def forward(self, x):
+    return self.scale_bias(F.linear(x, self.v) * _unit_rows(self.v, 1))
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(low, high) padding of XLA's 'SAME' convolution: the extra pixel goes on the high side."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def conv2d_same(x, weight, stride: int):
+  """Convolution with 'SAME' padding as XLA pads it (asymmetric for stride 2)."""
+  k = weight.shape[-1]
+  low_h, high_h = same_padding(x.shape[2], k, stride)
+  low_w, high_w = same_padding(x.shape[3], k, stride)
+  return F.conv2d(F.pad(x, (low_w, high_w, low_h, high_h)), weight, stride=stride)
+
+
+def conv_transpose2d_same(x, weight, stride: int):
+  """Transposed convolution with 'SAME' padding as `flax.linen.ConvTranspose` does it.
+
+  XLA pads the dilated input by ceil((k + s - 2) / 2) before and the rest after; PyTorch
+  pads both sides equally, so pad as much as XLA's "before" side and crop the excess.
+  """
+  k = weight.shape[-1]
+  before = math.ceil((k + stride - 2) / 2)
+  y = F.conv_transpose2d(x, weight, stride=stride, padding=k - 1 - before)
+  return y[:, :, :x.shape[2] * stride, :x.shape[3] * stride]
+
+
+class WNConv2d(nn.Module):
+  """Weight-normalised convolution ('SAME' or 'VALID'), or transposed convolution ('SAME')."""
+
+  def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1,
+               padding: str = 'SAME', transpose: bool = False, init_scale: float = 1.0,
+               trainable_scale: bool = False):
+    super().__init__()
+    self.stride, self.padding, self.transpose = stride, padding, transpose
+    shape = ((in_channels, out_channels) if transpose else (out_channels, in_channels))
+    self.v = nn.Parameter(torch.empty(*shape, kernel, kernel))
+    _normal(_CONV_V_STD)(self.v)
+    self.scale_bias = ScaleBias(out_channels, init_scale, trainable_scale)
+
+  def forward(self, x):
+    if self.transpose:
+      y = conv_transpose2d_same(x, self.v, self.stride) * _unit_rows(self.v, (0, 2, 3)).view(
+          1, -1, 1, 1)
+    else:
+      y = (conv2d_same(x, self.v, self.stride) if self.padding == 'SAME'
+           else F.conv2d(x, self.v, stride=self.stride))
+      y = y * _unit_rows(self.v, (1, 2, 3)).view(1, -1, 1, 1)
+    return self.scale_bias(y)
+
+
+class BatchNormBias(nn.Module):
+  """Batch norm over the batch's own statistics, with a bias and no scale (eps 1e-5)."""
+
+  def __init__(self, features: int):
+    super().__init__()
+    self.bias = nn.Parameter(torch.zeros(features))
+
+  def forward(self, x):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return F.batch_norm(x, None, None, training=True, eps=1e-5) + self.bias.view(shape)
+
+
+class GaussianNoise(nn.Module):
+  """Adds N(0, std^2) noise in train mode."""
+
+  def __init__(self, std: float):
+    super().__init__()
+    self.std = std
+
+  def forward(self, x):
+    if not self.training or self.std == 0:
+      return x
+    return x + self.std * torch.randn_like(x)
+
+
+class MlpDiscriminator(nn.Module):
+  """784-1000-500-250-250-250-K MLP with Gaussian noise (0.3 on input, 0.5 after hidden)."""
+
+  def __init__(self, num_outputs: int, in_features: int,
+               hidden: Sequence[int] = (1000, 500, 250, 250, 250), input_noise: float = 0.3,
+               hidden_noise: float = 0.5):
+    super().__init__()
+    widths = [in_features, *hidden]
+    self.hidden = nn.ModuleList(WNLinear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+    self.output = WNLinear(widths[-1], num_outputs, trainable_scale=True)
+    self.input_noise = GaussianNoise(input_noise)
+    self.hidden_noise = GaussianNoise(hidden_noise)
+
+  def forward(self, images_BxHxWxC):
+    h = self.input_noise(images_BxHxWxC.flatten(1))
+    for layer in self.hidden:
+      h = F.relu(layer(h))
+      features_BxF = h
+      h = self.hidden_noise(h)
+    return self.output(h), features_BxF
+
+
+class MlpGenerator(nn.Module):
+  """z -> 500 -> 500 (batch norm, softplus) -> image (weight norm, sigmoid), NHWC."""
+
+  def __init__(self, image_shape: Sequence[int], hidden: Sequence[int] = (500, 500)):
+    super().__init__()
+    self.image_shape = tuple(image_shape)
+    widths = [LATENT_DIM, *hidden]
+    self.linears = nn.ModuleList(nn.Linear(i, o, bias=False)
+                                 for i, o in zip(widths[:-1], widths[1:]))
+    for linear in self.linears:
+      _glorot(linear.weight)
+    self.norms = nn.ModuleList(BatchNormBias(w) for w in hidden)
+    self.output = WNLinear(widths[-1], math.prod(self.image_shape), v_init=_glorot,
+                           trainable_scale=True, data_init=False)
+
+  def forward(self, z_BxZ):
+    h = z_BxZ
+    for linear, norm in zip(self.linears, self.norms):
+      h = F.softplus(norm(linear(h)))
+    return torch.sigmoid(self.output(h)).view(-1, *self.image_shape)
+
+
+class ConvDiscriminator(nn.Module):
+  """The 32x32 convolutional discriminator on NCHW images; widths (96, 192) or (64, 128)."""
+
+  def __init__(self, num_outputs: int, in_channels: int, widths: Sequence[int] = (96, 192),
+               input_dropout: float = 0.2, hidden_dropout: float = 0.5):
+    super().__init__()
+    narrow, wide = widths
+    self.input_dropout = nn.Dropout(input_dropout)
+    self.hidden_dropout = nn.Dropout(hidden_dropout)
+    blocks = []
+    for c_in, width in ((in_channels, narrow), (narrow, wide)):
+      blocks.append(nn.ModuleList([WNConv2d(c_in, width), WNConv2d(width, width),
+                                   WNConv2d(width, width, stride=2)]))
+    self.blocks = nn.ModuleList(blocks)
+    self.head = nn.ModuleList([WNConv2d(wide, wide, padding='VALID'),
+                               WNConv2d(wide, wide, kernel=1), WNConv2d(wide, wide, kernel=1)])
+    self.output = WNLinear(wide, num_outputs, v_init=_normal(_CONV_V_STD), init_scale=0.1,
+                           trainable_scale=True)
+
+  def forward(self, images_BxCxHxW):
+    lrelu = lambda x: F.leaky_relu(x, 0.2)
+    h = self.input_dropout(images_BxCxHxW)
+    for block in self.blocks:
+      for conv in block:
+        h = lrelu(conv(h))
+      h = self.hidden_dropout(h)
+    for conv in self.head:
+      h = lrelu(conv(h))
+    features_BxF = h.mean(dim=(2, 3))
+    return self.output(features_BxF), features_BxF
+
+
+class ConvGenerator(nn.Module):
+  """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh), NCHW."""
+
+  def __init__(self, image_shape: Sequence[int]):
+    super().__init__()
+    self.project = nn.Linear(LATENT_DIM, 4 * 4 * 512, bias=False)
+    _normal(_CONV_V_STD)(self.project.weight)
+    self.project_norm = BatchNormBias(4 * 4 * 512)
+    self.upsample = nn.ParameterList(
+        nn.Parameter(_CONV_V_STD * torch.randn(c_in, c_out, 5, 5))
+        for c_in, c_out in ((512, 256), (256, 128)))
+    self.upsample_norms = nn.ModuleList(BatchNormBias(c) for c in (256, 128))
+    self.output = WNConv2d(128, image_shape[-1], kernel=5, stride=2, transpose=True,
+                           init_scale=0.1, trainable_scale=True)
+
+  def forward(self, z_BxZ):
+    h = F.relu(self.project_norm(self.project(z_BxZ)))
+    h = h.view(-1, 4, 4, 512).permute(0, 3, 1, 2)  # Flax reshapes to NHWC
+    for weight, norm in zip(self.upsample, self.upsample_norms):
+      h = F.relu(norm(conv_transpose2d_same(h, weight, 2)))
+    return torch.tanh(self.output(h))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+  """A discriminator/generator pair and how uint8 NHWC images become their inputs."""
+  discriminator: Callable[[int, Sequence[int]], nn.Module]  # num_outputs, image shape -> D
+  generator: Callable[[Sequence[int]], nn.Module]           # image shape -> G
+  pixel_range: tuple[float, float]
+  channels_first: bool
+
+  def images_to_input(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC pixels -> floats in `pixel_range`, in the discriminator's layout."""
+    low, high = self.pixel_range
+    x = images_uint8.to(torch.float32) * ((high - low) / 255.0) + low
+    return x.permute(0, 3, 1, 2) if self.channels_first else x
+
+
+def _conv_family(name: str, widths) -> ModelFamily:
+  return ModelFamily(
+      discriminator=lambda n, shape: ConvDiscriminator(n, shape[-1], widths),
+      generator=ConvGenerator, pixel_range=jax_models.MODEL_FAMILIES[name].pixel_range,
+      channels_first=True)
+
+
+MODEL_FAMILIES = {
+    'mlp': ModelFamily(
+        discriminator=lambda n, shape: MlpDiscriminator(n, math.prod(shape)),
+        generator=MlpGenerator, pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range,
+        channels_first=False),
+    'conv_small': _conv_family('conv_small', (64, 128)),
+    'conv_large': _conv_family('conv_large', (96, 192)),
+}
+
+
+def data_dependent_init(module: nn.Module, *inputs) -> None:
+  """Runs `module` once on `inputs` so its weight-normalised layers pick scales and biases."""
+  with torch.no_grad():
+    module(*inputs)
+  assert not any(getattr(m, 'pending_init', False) for m in module.modules())

@@ -1,0 +1,191 @@
+"""The train loop of ssgan_jax.train in eager PyTorch, one device.
+
+Per step, as in `ssgan_jax.train.train_step`: D is updated on labeled + unlabeled + fake
+images (fakes from fresh latents, no gradient into G), its moving average is updated, then
+G is updated on a separately shuffled unlabeled batch and new latents through the updated
+D. Noise is on in both steps. Adam adds its epsilon inside the square root and follows the
+config's learning rate schedule; evaluation uses D's bias-corrected moving average or its
+raw parameters. Batches are the JAX input pipeline's, so both trainers see the same data;
+noise and latents come from torch's generator seeded by `config.seed`, so they differ.
+"""
+import copy
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.torch_reference import losses, models
+from ssgan_jax import train as jax_train
+from ssgan_jax.config import Config
+
+
+class Adam(torch.optim.Optimizer):
+  """Adam with epsilon inside the square root: p -= lr(t) * m_hat / sqrt(v_hat + eps_root).
+
+  `lr(t)` is the schedule at the 0-based update count, as optax applies it.
+  """
+
+  def __init__(self, params, schedule: Callable[[int], float], b1: float, b2: float = 0.999,
+               eps_root: float = 1e-8):
+    super().__init__(params, {'b1': b1, 'b2': b2, 'eps_root': eps_root})
+    self.schedule = schedule
+    self.count = 0
+
+  @torch.no_grad()
+  def step(self):
+    lr = self.schedule(self.count)
+    self.count += 1
+    for group in self.param_groups:
+      b1, b2 = group['b1'], group['b2']
+      for p in group['params']:
+        if p.grad is None:
+          continue
+        state = self.state[p]
+        if not state:
+          state['m'], state['v'] = torch.zeros_like(p), torch.zeros_like(p)
+        m, v = state['m'], state['v']
+        m.mul_(b1).add_(p.grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        m_hat = m / (1 - b1 ** self.count)
+        v_hat = v / (1 - b2 ** self.count)
+        p.sub_(lr * m_hat / torch.sqrt(v_hat + group['eps_root']))
+
+
+class Ema:
+  """Moving average of parameters from zero, bias-corrected when read (optax.ema(debias=True))."""
+
+  def __init__(self, params: dict, decay: float):
+    self.decay, self.count = decay, 0
+    self.averages = {name: torch.zeros_like(p) for name, p in params.items()}
+
+  @torch.no_grad()
+  def update(self, params: dict) -> None:
+    self.count += 1
+    for name, p in params.items():
+      self.averages[name].mul_(self.decay).add_(p, alpha=1 - self.decay)
+
+  def corrected(self) -> dict:
+    return {name: a / (1 - self.decay ** self.count) for name, a in self.averages.items()}
+
+
+def learning_rate(config: Config, count: int) -> float:
+  """`ssgan_jax.train.learning_rate_schedule` on the host, without a JAX call per step."""
+  decay_steps = int(round(config.num_steps * config.lr_decay_fraction))
+  if decay_steps == 0:
+    return config.learning_rate
+  into_decay = min(max(count - (config.num_steps - decay_steps), 0), decay_steps)
+  return config.learning_rate * (1 - into_decay / decay_steps)
+
+
+def grad_norm(params) -> torch.Tensor:
+  return torch.sqrt(sum(torch.sum(p.grad * p.grad) for p in params if p.grad is not None))
+
+
+class TorchTrainer:
+  """Trains and evaluates one semi-supervised GAN (or supervised-only D) in PyTorch."""
+
+  def __init__(self, config: Config, num_classes: int, image_shape: tuple,
+               init_images_uint8: np.ndarray, device: str = 'cpu', compile: bool = False):
+    self.config, self.num_classes, self.device = config, num_classes, torch.device(device)
+    self.family = models.MODEL_FAMILIES[config.model]
+    self.head = losses.HEADS[config.unsup_loss]
+    self.ssl = config.mode == 'ssl'
+    torch.manual_seed(config.seed)
+    schedule = lambda count: learning_rate(config, count)
+
+    self.disc = self.family.discriminator(num_classes + self.head.extra_outputs,
+                                          image_shape).to(self.device)
+    init_images = self._to_input(init_images_uint8[:jax_train.INIT_BATCH_SIZE])
+    models.data_dependent_init(self.disc, init_images)  # in train mode: noise on
+    self.disc_opt = Adam(self.disc.parameters(), schedule, config.adam_beta1)
+    self.ema = Ema(dict(self.disc.named_parameters()), config.ema_decay)
+    self.eval_disc = copy.deepcopy(self.disc).eval()
+    self.gen = None
+    if self.ssl:
+      self.gen = self.family.generator(image_shape).to(self.device)
+      models.data_dependent_init(self.gen, self._latents(len(init_images)))
+      self.gen_opt = Adam(self.gen.parameters(), schedule, config.adam_beta1)
+    self._disc_fn, self._gen_fn = self.disc, self.gen
+    if compile:
+      self._disc_fn = torch.compile(self.disc)
+      self._gen_fn = self.gen and torch.compile(self.gen)
+
+  def _to_input(self, images_uint8: np.ndarray) -> torch.Tensor:
+    return self.family.images_to_input(torch.as_tensor(images_uint8, device=self.device))
+
+  def _latents(self, batch_size: int) -> torch.Tensor:
+    """Uniform [0, 1) latents, as ssgan_jax.models.sample_latent draws them."""
+    return torch.rand(batch_size, models.LATENT_DIM, device=self.device)
+
+  def train_step(self, batch: dict, latents: Optional[tuple] = None) -> dict:
+    """One D update, then (in ssl mode) one G update; returns 0-d metric tensors.
+
+    `latents`, if given, is the pair (D's, G's) of BxZ latent arrays to use instead of
+    fresh ones (for comparing against the JAX step).
+    """
+    config, head = self.config, self.head
+    x_lab = self._to_input(batch['labeled_images'])
+    labels = torch.as_tensor(batch['labels'], device=self.device).long()
+    b = len(x_lab)
+    z_disc, z_gen = ((self._latents(b), self._latents(b)) if latents is None else
+                     (torch.as_tensor(np.asarray(z), device=self.device) for z in latents))
+
+    if self.ssl:
+      with torch.no_grad():
+        fake = self._gen_fn(z_disc)
+      d_inputs = torch.cat([x_lab, self._to_input(batch['unlabeled_images']), fake])
+    else:
+      d_inputs = x_lab
+    outputs, _ = self._disc_fn(d_inputs)
+    sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
+    metrics = {'sup_loss': sup, 'train_accuracy': (
+        outputs[:b, :self.num_classes].argmax(-1) == labels).float().mean()}
+    d_loss = sup
+    if self.ssl:
+      real_logit = head.real_logit(outputs[b:])
+      unsup = losses.unsupervised_real_fake(real_logit[:b], real_logit[b:])
+      d_loss = sup + config.unsup_weight * unsup
+      metrics['unsup_loss'] = unsup
+    self.disc_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    metrics.update(disc_loss=d_loss, disc_grad_norm=grad_norm(self.disc.parameters()))
+    self.disc_opt.step()
+    self.ema.update(dict(self.disc.named_parameters()))
+    if not self.ssl:
+      return {k: v.detach() for k, v in metrics.items()}
+
+    fake = self._gen_fn(z_gen)
+    outputs, features = self._disc_fn(
+        torch.cat([self._to_input(batch['unlabeled_images_gen']), fake]))
+    g_loss = 0.0
+    if config.gen_loss in ('feature_matching', 'both'):
+      g_loss = g_loss + losses.feature_matching(features[:b], features[b:],
+                                                config.feature_norm)
+    if config.gen_loss in ('nonsaturating', 'both'):
+      g_loss = g_loss + losses.nonsaturating(head.real_logit(outputs[b:]))
+    self.gen_opt.zero_grad(set_to_none=True)
+    g_loss.backward(inputs=list(self.gen.parameters()))
+    metrics.update(gen_loss=g_loss, gen_grad_norm=grad_norm(self.gen.parameters()))
+    self.gen_opt.step()
+    return {k: v.detach() for k, v in metrics.items()}
+
+  @torch.no_grad()
+  def eval_discriminator(self, which: str = 'ema') -> nn.Module:
+    """D without noise, with its bias-corrected moving average ('ema') or raw parameters."""
+    params = (self.ema.corrected() if which == 'ema' and self.ema.count > 0
+              else dict(self.disc.named_parameters()))
+    self.eval_disc.load_state_dict({**self.disc.state_dict(), **params})
+    return self.eval_disc
+
+  @torch.no_grad()
+  def accuracy(self, images_uint8: np.ndarray, labels: np.ndarray, which: str = 'ema') -> float:
+    """Fraction of `images_uint8` whose predicted class is `labels`."""
+    disc = self.eval_discriminator(which)
+    correct = torch.zeros((), device=self.device)
+    size = self.config.eval_batch_size
+    for start in range(0, len(labels), size):
+      outputs, _ = disc(self._to_input(images_uint8[start:start + size]))
+      labels_B = torch.as_tensor(labels[start:start + size], device=self.device)
+      correct += (outputs[:, :self.num_classes].argmax(-1) == labels_B).sum()
+    return float(correct) / len(labels)
