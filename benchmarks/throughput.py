@@ -331,7 +331,8 @@ def main(argv):
   devices = jax.local_devices()
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
   header = {
-      'kind': 'header', 'benchmark': 'throughput', 'command': ' '.join(['python -m benchmarks.throughput'] + sys.argv[1:]),
+      'kind': 'header', 'benchmark': 'throughput',
+      'command': ' '.join(['python -m benchmarks.throughput'] + sys.argv[1:]),
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
       'num_local_devices': len(devices), 'jax': jax.__version__,
@@ -340,6 +341,18 @@ def main(argv):
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'repeats': _REPEATS.value,
       'skipped_device_counts': [c for c in counts if c > len(devices)],
   }
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  jsonl_path = os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl')
+  open(jsonl_path, 'w').close()
+
+  def emit(new_records: list) -> None:
+    """Prints and saves records as they come, so a long run leaves what it measured."""
+    with open(jsonl_path, 'a') as f:
+      for record in new_records:
+        print(json.dumps(record), flush=True)
+        f.write(json.dumps(record) + '\n')
+
+  emit([header])
   records = []
   for model in _MODELS.value:
     for batch_size in map(int, _BATCH_SIZES.value):
@@ -348,21 +361,18 @@ def main(argv):
                for variant in _VARIANTS.value]
       interleaved(cases)
       for case in cases:
-        record = case.record()
-        records.append(record)
+        new = [case.record()]
         if _TORCH.value and len(case.devices) == 1 and case.variant == _VARIANTS.value[0]:
-          records += torch_records(case, record['steps_per_s'])
+          new += torch_records(case, new[0]['steps_per_s'])
+        emit(new)
+        records += new
       del cases
-  records.append(matmul_peak())
+  new = [matmul_peak()]
   projected = {(r['model'], r['global_batch'], r['compute_dtype']): r for r in records
                if r['kind'] == 'jax' and r['num_devices'] == 1}
-  records += [p for r in projected.values() for p in roofline(r)]
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl'), 'w') as f:
-    for record in [header] + records:
-      line = json.dumps(record)
-      print(line)
-      f.write(line + '\n')
+  new += [p for r in projected.values() for p in roofline(r)]
+  emit(new)
+  records += new
   table = markdown(header, records)
   with open(os.path.join(_OUT_DIR.value, f'{_NAME.value}.md'), 'w') as f:
     f.write(table)

@@ -2,13 +2,16 @@
 pmap's single steps do; bfloat16 compute runs with float32 parameters."""
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax.config import Config
 
@@ -60,3 +63,13 @@ def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32()
     assert new.dtype == old.dtype
   assert not np.allclose(new_state.gen_params['Dense_0']['kernel'],
                          state.gen_params['Dense_0']['kernel'])
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(parallel='xmap'), '--parallel=xmap: allowed: pmap, shard_map'),
+    (dict(compute_dtype='float16'), '--compute_dtype=float16: allowed: float32, bfloat16'),
+    (dict(steps_per_dispatch=0), '--steps_per_dispatch=0: must be >= 1'),
+])
+def test_bad_speed_settings_are_named(changes, message):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(Config(**changes))
