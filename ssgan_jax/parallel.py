@@ -20,7 +20,7 @@ from ssgan_jax.config import Config
 # as pmap does, so per-device gradients, after their lax.pmean, are the global ones.
 try:
   _shard_map = functools.partial(jax.shard_map, check_vma=False)
-except AttributeError:  # jax before 0.6 has it only here.
+except AttributeError:  # older jax has it only in jax.experimental
   from jax.experimental import shard_map as _experimental  # pylint: disable=g-import-not-at-top
   _shard_map = functools.partial(_experimental.shard_map, check_rep=False)
 
