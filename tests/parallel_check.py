@@ -18,11 +18,11 @@ from multidevice_check import max_relative_difference
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax.config import Config
 
-# shard_map, with calls that scan 3 steps and gather batches from images on the devices:
-# 6 steps with a log every 3 make two calls of 3 steps (one compilation).
+# Each compiles once: 6 steps with a log every 3 make two calls of 3 steps when calls scan.
 VARIANTS = {
-    'shard_map_scan_3_steps_data_on_device': dict(
-        parallel='shard_map', steps_per_dispatch=3, data_on_device=True),
+    'shard_map': dict(parallel='shard_map'),
+    'scan_3_steps_data_on_device': dict(steps_per_dispatch=3, data_on_device=True,
+                                        donate_state=False),
 }
 
 
