@@ -7,6 +7,8 @@ from ssgan_jax import losses
 
 MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
+PARALLEL_MODES = ('pmap', 'shard_map')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 EVAL_PARAMS = ('ema', 'raw')
 LABEL_SELECTIONS = ('random', 'representative')
 
@@ -48,6 +50,12 @@ class Config:
   seed: int = _field(0, 'Seed for initialisation, batch order and noise.')
   batch_size: int = _field(100, 'Global batch per stream (labeled, unlabeled, generated); divides over devices.')
   eval_batch_size: int = _field(1000, 'Global evaluation batch; divides over devices.')
+  # Speed: how the train step runs (only compute_dtype changes the arithmetic).
+  parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
+  compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
+  steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
+  data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
+  donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
   num_steps: int = _field(1000, 'Train steps in all (a resumed run continues to this).')
   learning_rate: float = _field(0.003, 'Adam learning rate of D and G.')
   adam_beta1: float = _field(0.5, 'Adam beta1.')
@@ -70,7 +78,7 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
-    'sample_every', 'quiet',
+    'sample_every', 'quiet', 'parallel', 'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
 
@@ -95,8 +103,10 @@ def validate(config: Config) -> None:
   _check_choice(config, 'feature_norm', losses.FEATURE_NORMS)
   _check_choice(config, 'eval_params', EVAL_PARAMS)
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
+  _check_choice(config, 'parallel', PARALLEL_MODES)
+  _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
-               'keep_checkpoints', 'eval_every', 'log_every'):
+               'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):
     _check_at_least(config, name, 1)
   for name in ('num_steps', 'num_validation', 'unsup_weight', 'seed', 'label_seed',
                'historical_averaging', 'minibatch_kernels', 'sample_every'):

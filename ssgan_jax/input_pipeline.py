@@ -11,12 +11,13 @@ import functools
 import os
 from typing import Iterator, Optional
 
+from etils import epy
 import numpy as np
 import requests
-try:
+
+# Lazy, so that the train step and the benchmarks import without TensorFlow.
+with epy.lazy_imports():
   import tensorflow_datasets as tfds
-except ImportError:  # arrays exported to .npz (benchmarks/export_data.py) need no TFDS
-  tfds = None
 
 from ssgan_jax import embedded_datasets, label_selection
 from ssgan_jax.config import Config, ConfigError
@@ -201,6 +202,44 @@ def shard(array: np.ndarray, num_shards: int) -> np.ndarray:
   return array.reshape((num_shards, -1) + array.shape[1:])
 
 
+def train_indices(data: SemiSupervisedData, config: Config, start_step: int) -> Iterator[dict]:
+  """Global batch indices for steps start_step, start_step + 1, ...
+
+  Keys: labeled (into labeled_images and labeled_labels) and, in ssl mode,
+  unlabeled_images and unlabeled_images_gen (into unlabeled_images).
+  """
+  samplers = {'labeled': EpochSampler(len(data.labeled_labels), config.batch_size,
+                                      config.seed, _LABELED_STREAM)}
+  if config.mode == 'ssl':
+    for key, stream in (('unlabeled_images', _UNLABELED_STREAM),
+                        ('unlabeled_images_gen', _UNLABELED_GEN_STREAM)):
+      samplers[key] = EpochSampler(len(data.unlabeled_images), config.batch_size, config.seed,
+                                   stream)
+  step = start_step
+  while True:
+    yield {key: sampler.indices(step) for key, sampler in samplers.items()}
+    step += 1
+
+
+def gather_batch(data: dict, indices: dict) -> dict:
+  """The train batch that `indices` (from train_indices) select from the arrays in `data`.
+
+  Works on numpy arrays and, inside a jitted step, on device arrays alike.
+  """
+  lab = indices['labeled']
+  batch = {'labeled_images': data['labeled_images'][lab], 'labels': data['labeled_labels'][lab]}
+  for key in ('unlabeled_images', 'unlabeled_images_gen'):
+    if key in indices:
+      batch[key] = data['unlabeled_images'][indices[key]]
+  return batch
+
+
+def train_arrays(data: SemiSupervisedData) -> dict:
+  """The arrays train batches are gathered from."""
+  return {'labeled_images': data.labeled_images, 'labeled_labels': data.labeled_labels,
+          'unlabeled_images': data.unlabeled_images}
+
+
 def train_batches(data: SemiSupervisedData, config: Config, start_step: int,
                   num_devices: int) -> Iterator[dict]:
   """Per-device sharded batches for steps start_step, start_step + 1, ...
@@ -208,22 +247,10 @@ def train_batches(data: SemiSupervisedData, config: Config, start_step: int,
   Keys: labeled_images, labels and, in ssl mode, unlabeled_images (for D's step) and
   unlabeled_images_gen (an independently shuffled batch for G's step, as in the reference).
   """
-  labeled = EpochSampler(len(data.labeled_labels), config.batch_size, config.seed,
-                         _LABELED_STREAM)
-  unlabeled = {key: EpochSampler(len(data.unlabeled_images), config.batch_size, config.seed,
-                                 stream)
-               for key, stream in (('unlabeled_images', _UNLABELED_STREAM),
-                                   ('unlabeled_images_gen', _UNLABELED_GEN_STREAM))}
-  step = start_step
-  while True:
-    lab = labeled.indices(step)
-    batch = {'labeled_images': shard(data.labeled_images[lab], num_devices),
-             'labels': shard(data.labeled_labels[lab], num_devices)}
-    if config.mode == 'ssl':
-      for key, sampler in unlabeled.items():
-        batch[key] = shard(data.unlabeled_images[sampler.indices(step)], num_devices)
-    yield batch
-    step += 1
+  arrays = train_arrays(data)
+  for indices in train_indices(data, config, start_step):
+    yield {key: shard(value, num_devices)
+           for key, value in gather_batch(arrays, indices).items()}
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,

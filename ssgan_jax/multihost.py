@@ -1,6 +1,6 @@
 """Runs over several processes (hosts): start-up, each process's share of a batch, one writer."""
 import re
-from typing import Iterator, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -32,16 +32,15 @@ def initialize(coordinator_address: Optional[str], num_processes: int, process_i
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
-def local_shards(batches: Iterator[dict]) -> Iterator[dict]:
-  """This process's devices' rows of batches sharded over all devices (D_global, B/D, ...).
+def local_rows(tree_DxN):
+  """This process's devices' rows of arrays laid out over all devices (D_global, ...).
 
   pmap gives process p the global device positions [p * L, (p + 1) * L) for its L local
   devices, so each process trains on its own slice of the same global batch.
   """
   local = jax.local_device_count()
   start = jax.process_index() * local
-  for batch in batches:
-    yield {k: np.asarray(v[start:start + local]) for k, v in batch.items()}
+  return jax.tree.map(lambda x: np.asarray(x[start:start + local]), tree_DxN)
 
 
 def is_writer() -> bool:

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epy
 import flax
 import flax.struct
 import jax
@@ -15,8 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgan_jax import checkpointing, input_pipeline, losses, models, multihost, plots, progress
-from ssgan_jax.config import Config, check_divisible_by_devices
+# Lazy (clu's writers import TensorFlow), so that the train step imports without it.
+with epy.lazy_imports():
+  from clu import metric_writers, parameter_overview, periodic_actions
+
+from ssgan_jax import (checkpointing, input_pipeline, losses, models, multihost, parallel, plots,
+                       precision, progress)
+from ssgan_jax.config import Config, ConfigError, check_divisible_by_devices
 
 AXIS = 'batch'
 # Per-step random streams: each folds the step key with its own id.
@@ -59,7 +64,8 @@ class Setup:
 
   @classmethod
   def create(cls, config: Config, info: input_pipeline.DatasetInfo) -> 'Setup':
-    family = models.MODEL_FAMILIES[config.model]
+    family = precision.with_compute_dtype(models.MODEL_FAMILIES[config.model],
+                                          config.compute_dtype)
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
@@ -248,18 +254,21 @@ def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, label
 
 
 def finite_means(step_metrics: list[dict], step: int) -> dict:
-  """Means of the per-device metrics of steps step - len(step_metrics) + 1 ... step.
+  """Means of the per-device metrics of the steps since the last check, the last being `step`.
 
-  Raises NonFiniteLossError naming the first step with a NaN or infinite metric.
+  Each entry of `step_metrics` holds one call's metrics, shaped (devices,), or (devices, k)
+  for a call that scans k steps. Raises NonFiniteLossError naming the first step with a NaN
+  or infinite metric.
   """
-  stacked = jax.tree.map(lambda *m: np.stack(m), *jax.device_get(step_metrics))
-  per_step = {k: v.reshape(len(step_metrics), -1).mean(axis=1) for k, v in stacked.items()}
+  fetched = jax.device_get(step_metrics)
+  per_step = {k: np.concatenate([m[k].reshape(m[k].shape[0], -1).mean(axis=0) for m in fetched])
+              for k in fetched[0]}
   finite = np.all([np.isfinite(v) for v in per_step.values()], axis=0)
   if not finite.all():
     first = int(np.argmin(finite))
     values = ', '.join(f'{k}={v[first]:.6g}' for k, v in sorted(per_step.items()))
     raise NonFiniteLossError(
-        f'training diverged at step {step - len(step_metrics) + 1 + first}: {values}; '
+        f'training diverged at step {step - len(finite) + 1 + first}: {values}; '
         'no checkpoint holds it or a later step, so the newest one is the last good state')
   return {k: float(np.mean(v)) for k, v in per_step.items()}
 
@@ -288,6 +297,8 @@ def train_and_evaluate(config: Config, workdir: str,
   """
   start_time = time.time()
   check_divisible_by_devices(config, jax.device_count())
+  if jax.process_count() > 1 and config.parallel != 'pmap':
+    raise ConfigError('parallel', config.parallel, 'only pmap runs over several processes')
   info = input_pipeline.dataset_info(config) if data is None else data[0]
   checkpointer = checkpointing.Checkpointer(workdir, config)
   checkpointer.check_compatible(config)
@@ -325,8 +336,8 @@ def train_and_evaluate(config: Config, workdir: str,
       checkpointer.close()  # a save in flight completes: the last good state stays restorable
       raise
 
-  p_train_step = jax.pmap(functools.partial(train_step, setup), axis_name=AXIS,
-                          donate_argnums=(0,))
+  p_train_step = parallel.DataParallelTrainer(functools.partial(train_step, setup), config,
+                                             data, AXIS)
   p_eval_step = jax.pmap(functools.partial(eval_step, setup), axis_name=AXIS)
 
   def accuracy(state, images, labels, which=config.eval_params) -> float:
@@ -335,14 +346,14 @@ def train_and_evaluate(config: Config, workdir: str,
 
   step = int(state.step)
   state = flax.jax_utils.replicate(state)
-  batches = flax.jax_utils.prefetch_to_device(multihost.local_shards(
-      input_pipeline.train_batches(data, config, step, jax.device_count())), 2)
+  batches = p_train_step.chunks(step)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
                                                     writer=writer)
   pending_metrics = []
   while step < config.num_steps:
+    num_steps = p_train_step.steps_in_call(step)
     state, metrics = p_train_step(state, next(batches))
-    step += 1
+    step += num_steps
     pending_metrics.append(metrics)
     report_progress(step)
     is_last = step == config.num_steps

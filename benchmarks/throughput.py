@@ -1,0 +1,382 @@
+"""Train-step throughput on the local devices: compile time, steps/s, FLOP/s, fraction of peak.
+
+Synthetic uint8 batches of each model family's shapes go through the trainer's own host
+pipeline (batch indices, gather, prefetch) and its DataParallelTrainer; neither TensorFlow
+nor TFDS is needed. For every model, global batch, device count and --variant it compiles
+the step, warms up, then times --repeats runs of --steps steps (block_until_ready at the end
+of each), the variants interleaved within each repeat, and reports the median. FLOPs and
+bytes per step come from XLA's cost analysis of the compiled single step. Output: JSON lines
+and markdown tables (printed and written under --out_dir).
+
+  python -m benchmarks.throughput --models=mlp,conv_small --batch_sizes=100 \
+      --variant= --variant=compute_dtype=bfloat16 --torch
+"""
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import peaks
+from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax import main as ssgan_main
+from ssgan_jax.config import Config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each family with the flagfile of its reference protocol and its images.
+MODELS = {'mlp': ('mnist.flags', (28, 28, 1)), 'conv_small': ('svhn.flags', (32, 32, 3)),
+          'conv_large': ('cifar10.flags', (32, 32, 3))}
+NUM_CLASSES = 10
+# Synthetic train set: this many global batches of distinct unlabeled images.
+_UNLABELED_BATCHES = 4
+
+_MODELS = flags.DEFINE_list('models', list(MODELS), f'Model families: {", ".join(MODELS)}.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['100', '1024'], 'Global batch sizes (per stream).')
+_DEVICE_COUNTS = flags.DEFINE_list(
+    'device_counts', [], 'Device counts to run on (scaling); those above the local count are '
+    'skipped. Default: all local devices.')
+_VARIANTS = flags.DEFINE_multi_string(
+    'variant', [''], 'Config overrides of one variant, e.g. "compute_dtype=bfloat16,'
+    'steps_per_dispatch=10"; repeat the flag to compare variants in the same run ("" = defaults).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed repeat (rounded up to whole calls).')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
+_TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch reference on the same '
+                              'device (eager and torch.compile) and report JAX/torch ratios.')
+_MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 matmul that measures '
+                                    "the device's peak (0: 8192, or 1024 on CPU).")
+_OUT_DIR = flags.DEFINE_string('out_dir', os.path.join(REPO, 'benchmarks', 'results'),
+                               'Folder for throughput.jsonl and throughput.md.')
+_NAME = flags.DEFINE_string('name', 'throughput', 'Base name of the output files.')
+
+
+def parse_variant(text: str) -> dict:
+  """'a=1,b=x' -> {'a': '1', 'b': 'x'} as flag strings."""
+  return dict(item.split('=', 1) for item in text.split(',') if item)
+
+
+def model_config(model: str, batch_size: int, variant: dict) -> Config:
+  """The model's reference config at `batch_size` with the variant's overrides, no periodic work."""
+  flagfile, _ = MODELS[model]
+  args = [f'--flagfile={os.path.join(REPO, "experiments", flagfile)}',
+          f'--batch_size={batch_size}', '--num_steps=1000000000', '--log_every=1000000000',
+          '--eval_every=1000000000', '--checkpoint_every=1000000000']
+  config, _ = ssgan_main.parse_config(args + [f'--{k}={v}' for k, v in variant.items()])
+  return config
+
+
+def synthetic_data(batch_size: int, image_shape: tuple, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  images = lambda n: rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
+  empty = np.zeros(0, np.int32)
+  return input_pipeline.SemiSupervisedData(
+      labeled_images=images(batch_size), labeled_labels=np.arange(batch_size, dtype=np.int32)
+      % NUM_CLASSES, unlabeled_images=images(_UNLABELED_BATCHES * batch_size),
+      validation_images=images(0), validation_labels=empty, test_images=images(0),
+      test_labels=empty)
+
+
+def cost_per_step(compiled) -> dict:
+  """FLOPs and bytes accessed of one compiled call, per device, from XLA's cost analysis."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+    analysis = analysis[0]
+  analysis = analysis or {}
+  return {'flops': analysis.get('flops'), 'bytes': analysis.get('bytes accessed')}
+
+
+class Case:
+  """One model, batch, device count and variant: its compiled step, state and input stream."""
+
+  def __init__(self, model: str, batch_size: int, devices: list, variant_text: str):
+    self.model, self.batch_size, self.devices = model, batch_size, devices
+    self.variant = variant_text
+    self.config = model_config(model, batch_size, parse_variant(variant_text))
+    _, image_shape = MODELS[model]
+    info = input_pipeline.DatasetInfo(NUM_CLASSES, image_shape, None)
+    self.setup = train.Setup.create(self.config, info)
+    self.data = synthetic_data(batch_size, image_shape)
+    step_fn = lambda state, batch: train.train_step(self.setup, state, batch)
+    self.trainer = parallel.DataParallelTrainer(step_fn, self.config, self.data, train.AXIS,
+                                                devices)
+    init_images = self.data.unlabeled_images[:train.INIT_BATCH_SIZE]
+    self.state = flax.jax_utils.replicate(train.create_train_state(self.setup, init_images),
+                                          devices)
+    self.chunks = self.trainer.chunks(0)
+    self.steps_per_call = self.trainer.steps_in_call(0)
+    start = time.perf_counter()
+    self.compiled = self.trainer.fn.lower(
+        *self.trainer.arguments(self.state, next(self.chunks))).compile()
+    self.compile_s = time.perf_counter() - start
+    self.cost = cost_per_step(self.compiled if not self.trainer.scans else
+                              self._single_step_compiled(step_fn))
+    self.timings = []
+
+  def _single_step_compiled(self, step_fn):
+    """The plain one-step program of the same setup (XLA counts a scan's body only once)."""
+    plain = parallel.DataParallelTrainer(
+        step_fn, self.config.replace(steps_per_dispatch=1, data_on_device=False), self.data,
+        train.AXIS, self.devices)
+    return plain.fn.lower(self.state, next(plain.chunks(0))).compile()
+
+  def run(self, num_steps: int) -> float:
+    """Runs whole calls covering num_steps; returns the steps run."""
+    calls = -(-num_steps // self.steps_per_call)
+    for _ in range(calls):
+      self.state, _ = self.compiled(*self.trainer.arguments(self.state, next(self.chunks)))
+    jax.block_until_ready(self.state)
+    return calls * self.steps_per_call
+
+  def time(self, num_steps: int) -> None:
+    start = time.perf_counter()
+    steps = self.run(num_steps)
+    self.timings.append(steps / (time.perf_counter() - start))
+
+  def record(self) -> dict:
+    kind = self.devices[0].device_kind
+    steps_per_s = statistics.median(self.timings)
+    num_devices = len(self.devices)
+    flops = self.cost['flops'] and self.cost['flops'] * num_devices
+    peak = peaks.peak_for(kind)
+    peak_flops = peak and peak.flops(self.config.compute_dtype)
+    achieved = flops and flops * steps_per_s
+    return {
+        'kind': 'jax', 'model': self.model, 'global_batch': self.batch_size,
+        'num_devices': num_devices, 'per_device_batch': self.batch_size // num_devices,
+        'variant': self.variant, 'parallel': self.config.parallel,
+        'compute_dtype': self.config.compute_dtype,
+        'steps_per_dispatch': self.config.steps_per_dispatch,
+        'data_on_device': self.trainer.on_device, 'donate_state': self.config.donate_state,
+        'compile_s': round(self.compile_s, 3), 'steps_per_s': steps_per_s,
+        'images_per_s': steps_per_s * self.batch_size,
+        'steps_per_s_repeats': self.timings,
+        'flops_per_step': flops, 'bytes_per_step': self.cost['bytes'] and
+        self.cost['bytes'] * num_devices, 'achieved_flops_per_s': achieved,
+        'peak_device': peak.name if peak else None, 'peak_flops_per_s': peak_flops,
+        'fraction_of_peak': (achieved / (peak_flops * num_devices)
+                             if achieved and peak_flops else None),
+        'peak_note': None if peak else f'unknown device {kind!r}: no published peak',
+    }
+
+
+def interleaved(cases: list) -> None:
+  """Warms every case up, then times the repeats round-robin so load drifts hit all alike."""
+  for case in cases:
+    case.run(_WARMUP.value)
+  for _ in range(_REPEATS.value):
+    for case in cases:
+      case.time(_STEPS.value)
+
+
+def matmul_peak(dtype=jnp.bfloat16) -> dict:
+  """Measured FLOP/s of a square matmul on the first device (median of 10 after warm-up)."""
+  n = _MATMUL_SIZE.value or (1024 if jax.devices()[0].platform == 'cpu' else 8192)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(10):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - start)
+  return {'kind': 'matmul_peak', 'dtype': jnp.dtype(dtype).name, 'n': n,
+          'flops_per_s': 2 * n**3 / statistics.median(times)}
+
+
+def torch_records(case: Case, jax_steps_per_s: float) -> list:
+  """The PyTorch reference on the same device and batches, eager and compiled."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_reference.train import TorchTrainer  # pylint: disable=g-import-not-at-top
+  platform_name = case.devices[0].platform
+  device = 'cuda' if platform_name == 'gpu' else 'cpu'
+  if platform_name not in ('gpu', 'cpu'):
+    return [{'kind': 'torch', 'model': case.model, 'global_batch': case.batch_size,
+             'note': f'no PyTorch reference on {platform_name}'}]
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  arrays = input_pipeline.train_arrays(case.data)
+  batches = [input_pipeline.gather_batch(arrays, indices) for _, indices in zip(
+      range(_UNLABELED_BATCHES), input_pipeline.train_indices(case.data, case.config, 0))]
+  records = []
+  for compiled in (False, True):
+    record = {'kind': 'torch', 'model': case.model, 'global_batch': case.batch_size,
+              'mode': 'compile' if compiled else 'eager', 'device': device,
+              'torch': torch.__version__}
+    try:
+      trainer = TorchTrainer(case.config, NUM_CLASSES, MODELS[case.model][1],
+                             case.data.unlabeled_images[:train.INIT_BATCH_SIZE],
+                             device=device, compile=compiled)
+      run = lambda steps: [trainer.train_step(batches[i % len(batches)]) for i in range(steps)]
+      run(_WARMUP.value)
+      sync()
+      timings = []
+      for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        run(_STEPS.value)
+        sync()
+        timings.append(_STEPS.value / (time.perf_counter() - start))
+      record.update(steps_per_s=statistics.median(timings), steps_per_s_repeats=timings)
+      record['jax_over_torch'] = jax_steps_per_s / record['steps_per_s']
+    except Exception as e:  # torch.compile fails on some platforms; say so and go on.
+      record['error'] = f'{type(e).__name__}: {str(e).strip()[:300]}'
+    records.append(record)
+  return records
+
+
+def roofline(record: dict) -> list:
+  """Projected steps/s of the measured step on each device of the peak table (one chip)."""
+  if not record.get('flops_per_step') or not record.get('bytes_per_step'):
+    return []
+  flops = record['flops_per_step'] / record['num_devices']
+  bytes_ = record['bytes_per_step'] / record['num_devices']
+  rows = []
+  for peak in peaks.PEAKS:
+    peak_flops = peak.flops(record['compute_dtype']) or peak.bf16_flops
+    compute_s, memory_s = flops / peak_flops, bytes_ / peak.memory_bytes_per_s
+    rows.append({'kind': 'roofline_projection', 'model': record['model'],
+                 'per_device_batch': record['per_device_batch'],
+                 'compute_dtype': record['compute_dtype'], 'device': peak.name,
+                 'peak_dtype': 'bfloat16' if peak.flops(record['compute_dtype']) is None
+                 else record['compute_dtype'],
+                 'steps_per_s': 1 / max(compute_s, memory_s),
+                 'bound': 'compute' if compute_s >= memory_s else 'memory'})
+  return rows
+
+
+def _fmt(value, spec: str = '.3g', missing: str = 'n/a') -> str:
+  return missing if value is None else format(value, spec)
+
+
+def markdown(header: dict, records: list) -> str:
+  jax_rows = [r for r in records if r['kind'] == 'jax']
+  out = [f"Device: {header['num_local_devices']} x {header['device_kind']} "
+         f"({header['platform']}), jax {header['jax']}, jaxlib {header['jaxlib']}, "
+         f"{header['date']}. Command: `{header['command']}`", '',
+         '| model | batch | devices | variant | compile s | steps/s | images/s | GFLOP/step '
+         '| MB/step | achieved TFLOP/s | fraction of peak |',
+         '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in jax_rows:
+    fraction = (f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_device']}"
+                if r['fraction_of_peak'] is not None else r['peak_note'] or 'n/a')
+    out.append(
+        f"| {r['model']} | {r['global_batch']} | {r['num_devices']} | {r['variant'] or 'default'} "
+        f"| {r['compile_s']:.1f} | {r['steps_per_s']:.2f} | {r['images_per_s']:.0f} "
+        f"| {_fmt(r['flops_per_step'] and r['flops_per_step'] / 1e9)} "
+        f"| {_fmt(r['bytes_per_step'] and r['bytes_per_step'] / 1e6)} "
+        f"| {_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e12)} | {fraction} |")
+  matmul = next((r for r in records if r['kind'] == 'matmul_peak'), None)
+  if matmul:
+    out += ['', f"Measured {matmul['dtype']} matmul ({matmul['n']}^3): "
+            f"{matmul['flops_per_s'] / 1e12:.3g} TFLOP/s."]
+    big = [r for r in jax_rows if r['model'] != 'mlp' and r['achieved_flops_per_s']]
+    for r in big:
+      out.append(f"- {r['model']} batch {r['global_batch']} ({r['variant'] or 'default'}): "
+                 f"{100 * r['achieved_flops_per_s'] / (matmul['flops_per_s'] * r['num_devices']):.1f}"
+                 ' % of the measured matmul rate')
+  torch_rows = [r for r in records if r['kind'] == 'torch']
+  if torch_rows:
+    out += ['', '| model | batch | torch mode | torch steps/s | JAX/torch |', '|---|---|---|---|---|']
+    for r in torch_rows:
+      result = (f"{r['steps_per_s']:.2f} | {r['jax_over_torch']:.2f}x" if 'steps_per_s' in r
+                else f"{r.get('error') or r.get('note')} | n/a")
+      out.append(f"| {r['model']} | {r['global_batch']} | {r.get('mode', 'n/a')} | {result} |")
+  scaling = scaling_rows(jax_rows)
+  if scaling:
+    out += ['', '| model | batch | variant | devices | steps/s | speed-up | efficiency |',
+            '|---|---|---|---|---|---|---|']
+    out += [f"| {s['model']} | {s['global_batch']} | {s['variant'] or 'default'} | "
+            f"{s['num_devices']} | {s['steps_per_s']:.2f} | {s['speedup']:.2f} | "
+            f"{100 * s['efficiency']:.0f} % |" for s in scaling]
+  projection = [r for r in records if r['kind'] == 'roofline_projection']
+  if projection:
+    out += ['', 'PROJECTION, not a measurement: roofline steps/s of the step measured above '
+            '(its XLA FLOP and byte counts on this backend, per device) at the published peaks '
+            'of one chip; real steps reach a fraction of this.', '',
+            '| model | batch per device | dtype | device | projected steps/s | bound |',
+            '|---|---|---|---|---|---|']
+    out += [f"| {r['model']} | {r['per_device_batch']} | {r['compute_dtype']} | {r['device']}"
+            f"{'' if r['peak_dtype'] == r['compute_dtype'] else ' (bf16 peak)'} | "
+            f"{r['steps_per_s']:.0f} | {r['bound']} |" for r in projection]
+  return '\n'.join(out) + '\n'
+
+
+def scaling_rows(jax_rows: list) -> list:
+  """Speed-up and efficiency at a fixed global batch against the run on one device."""
+  rows = []
+  for r in jax_rows:
+    base = next((b for b in jax_rows if b['num_devices'] == 1 and
+                 (b['model'], b['global_batch'], b['variant']) ==
+                 (r['model'], r['global_batch'], r['variant'])), None)
+    if base and any(o['num_devices'] > 1 for o in jax_rows
+                    if (o['model'], o['global_batch']) == (r['model'], r['global_batch'])):
+      speedup = r['steps_per_s'] / base['steps_per_s']
+      rows.append({**{k: r[k] for k in ('model', 'global_batch', 'variant', 'num_devices',
+                                         'steps_per_s')},
+                   'speedup': speedup, 'efficiency': speedup / r['num_devices']})
+  return rows
+
+
+def main(argv):
+  del argv
+  devices = jax.local_devices()
+  counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
+  header = {
+      'kind': 'header', 'benchmark': 'throughput',
+      'command': ' '.join(['python -m benchmarks.throughput'] + sys.argv[1:]),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
+      'num_local_devices': len(devices), 'jax': jax.__version__,
+      'jaxlib': importlib.metadata.version('jaxlib'),
+      'host': platform.machine(), 'cpu_count': os.cpu_count(),
+      'steps': _STEPS.value, 'warmup': _WARMUP.value, 'repeats': _REPEATS.value,
+      'skipped_device_counts': [c for c in counts if c > len(devices)],
+  }
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  jsonl_path = os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl')
+  open(jsonl_path, 'w').close()
+
+  def emit(new_records: list) -> None:
+    """Prints and saves records as they come, so a long run leaves what it measured."""
+    with open(jsonl_path, 'a') as f:
+      for record in new_records:
+        print(json.dumps(record), flush=True)
+        f.write(json.dumps(record) + '\n')
+
+  emit([header])
+  records = []
+  for model in _MODELS.value:
+    for batch_size in map(int, _BATCH_SIZES.value):
+      cases = [Case(model, batch_size, devices[:count], variant)
+               for count in counts if count <= len(devices) and batch_size % count == 0
+               for variant in _VARIANTS.value]
+      interleaved(cases)
+      for case in cases:
+        new = [case.record()]
+        if _TORCH.value and len(case.devices) == 1 and case.variant == _VARIANTS.value[0]:
+          new += torch_records(case, new[0]['steps_per_s'])
+        emit(new)
+        records += new
+      del cases
+  new = [matmul_peak()]
+  projected = {(r['model'], r['global_batch'], r['compute_dtype']): r for r in records
+               if r['kind'] == 'jax' and r['num_devices'] == 1}
+  new += [p for r in projected.values() for p in roofline(r)]
+  emit(new)
+  records += new
+  table = markdown(header, records)
+  with open(os.path.join(_OUT_DIR.value, f'{_NAME.value}.md'), 'w') as f:
+    f.write(table)
+  print(table)
+
+
+if __name__ == '__main__':
+  app.run(main)

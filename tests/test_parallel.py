@@ -1,0 +1,75 @@
+"""Speed settings: shard_map, several steps per call and data on device train exactly as
+pmap's single steps do; bfloat16 compute runs with float32 parameters."""
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssgan_jax import config as config_lib
+from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax.config import Config
+
+CHECK = pathlib.Path(__file__).with_name('parallel_check.py')
+MNIST_INFO = input_pipeline.DatasetInfo(num_classes=10, image_shape=(28, 28, 1), train_size=None)
+
+
+def test_shard_map_and_scanned_steps_with_data_on_device_match_pmap_on_four_devices():
+  result = subprocess.run([sys.executable, str(CHECK)], capture_output=True, text=True,
+                          timeout=600, cwd=CHECK.parent)
+  assert result.returncode == 0, result.stderr[-3000:]
+  diffs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert diffs['moved'] > 1e-3  # training changed the parameters, so the check means something
+  for name in ('shard_map', 'scan_3_steps_data_on_device'):
+    assert diffs[name] < 1e-5, (name, diffs)
+
+
+def test_calls_stop_at_every_log_evaluation_checkpoint_and_the_last_step():
+  config = Config(steps_per_dispatch=4, log_every=6, eval_every=10, checkpoint_every=15,
+                  num_steps=17)
+  step, ends = 0, []
+  while step < config.num_steps:
+    step += parallel.dispatch_size(config, step)
+    ends.append(step)
+  assert ends == [4, 6, 10, 12, 15, 17]
+  assert parallel.dispatch_size(config.replace(steps_per_dispatch=1), 3) == 1
+
+
+def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32():
+  config = Config(batch_size=16, compute_dtype='bfloat16')
+  setup = train.Setup.create(config, MNIST_INFO)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+  state = train.create_train_state(setup, images)
+  x = setup.family.scale_pixels(images)
+  variables = {'params': state.disc_params, **state.disc_constants}
+  logits_bf16, _ = setup.disc.apply(variables, x)
+  logits_f32, _ = setup.disc.module.apply(variables, x)
+  assert logits_bf16.dtype == jnp.float32
+  np.testing.assert_allclose(logits_bf16, logits_f32, rtol=0.1, atol=0.1)
+  assert not np.allclose(logits_bf16, logits_f32, rtol=1e-6, atol=1e-6)  # bf16 really ran
+
+  batch = {'labeled_images': images, 'labels': np.arange(16) % 10,
+           'unlabeled_images': images, 'unlabeled_images_gen': images[::-1]}
+  new_state, metrics = jax.jit(lambda s, b: train.train_step(setup, s, b, axis_name=None))(
+      state, batch)
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+    assert new.dtype == old.dtype
+  assert not np.allclose(new_state.gen_params['Dense_0']['kernel'],
+                         state.gen_params['Dense_0']['kernel'])
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(parallel='xmap'), '--parallel=xmap: allowed: pmap, shard_map'),
+    (dict(compute_dtype='float16'), '--compute_dtype=float16: allowed: float32, bfloat16'),
+    (dict(steps_per_dispatch=0), '--steps_per_dispatch=0: must be >= 1'),
+])
+def test_bad_speed_settings_are_named(changes, message):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(Config(**changes))

@@ -1,0 +1,36 @@
+"""benchmarks/throughput.py runs without TensorFlow and writes its JSON lines and table."""
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Blocks TensorFlow and TFDS (the GPU machine has neither), then runs the benchmark.
+RUN_WITHOUT_TF = """
+import runpy, sys
+sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
+sys.argv = ['throughput'] + sys.argv[1:]
+runpy.run_module('benchmarks.throughput', run_name='__main__')
+"""
+
+
+def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-c', RUN_WITHOUT_TF, '--models=mlp', '--batch_sizes=4', '--steps=1',
+       '--warmup=1', '--repeats=1', '--matmul_size=64', f'--out_dir={tmp_path}'],
+      capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
+  header, rows = records[0], {r['kind']: r for r in records[1:]}
+  assert header['platform'] == 'cpu' and header['num_local_devices'] == 1
+  assert header['jax'] and header['jaxlib'] and header['device_kind']
+  row = rows['jax']
+  assert (row['model'], row['global_batch'], row['num_devices']) == ('mlp', 4, 1)
+  assert (row['parallel'], row['compute_dtype']) == ('pmap', 'float32')
+  assert row['steps_per_s'] > 0 and row['images_per_s'] == 4 * row['steps_per_s']
+  assert row['compile_s'] > 0 and row['flops_per_step'] > 1e6 and row['bytes_per_step'] > 0
+  assert row['fraction_of_peak'] is None and 'unknown device' in row['peak_note']
+  assert rows['matmul_peak']['flops_per_s'] > 0
+  assert rows['roofline_projection']['steps_per_s'] > 0
+  table = (tmp_path / 'throughput.md').read_text()
+  assert '| mlp | 4 | 1 | default |' in table and 'PROJECTION, not a measurement' in table
