@@ -157,7 +157,7 @@ def prepare(config: Config) -> None:
     raise not_there(e) from None
 
 
-def check_download_reachable(builder: tfds.core.DatasetBuilder) -> None:
+def check_download_reachable(builder: 'tfds.core.DatasetBuilder') -> None:
   """Raises requests.RequestException unless the dataset's first source answers at all."""
   requests.head(next(iter(type(builder).url_infos or {}), _TFDS_GCS_URL), timeout=10)
 

@@ -27,6 +27,10 @@ class ComputeIn:
   def init(self, *args, **kwargs):
     return self.module.init(*args, **kwargs)
 
+  def clone(self, **fields) -> 'ComputeIn':
+    """The same wrapper around `module.clone(**fields)`."""
+    return dataclasses.replace(self, module=self.module.clone(**fields))
+
   def apply(self, variables, *args, **kwargs):
     outputs = self.module.apply(cast_floats(variables, self.dtype),
                                 *cast_floats(args, self.dtype), **kwargs)

@@ -81,8 +81,13 @@ def learning_rate(config: Config, count: int) -> float:
   return config.learning_rate * (1 - into_decay / decay_steps)
 
 
+def global_norm(tensors) -> torch.Tensor:
+  """The L2 norm of all `tensors` together (optax.tree.norm's counterpart)."""
+  return torch.sqrt(sum(torch.sum(t.detach() * t.detach()) for t in tensors))
+
+
 def grad_norm(params) -> torch.Tensor:
-  return torch.sqrt(sum(torch.sum(p.grad * p.grad) for p in params if p.grad is not None))
+  return global_norm(p.grad for p in params if p.grad is not None)
 
 
 class TorchTrainer:
@@ -154,6 +159,7 @@ class TorchTrainer:
     d_loss.backward()
     metrics.update(disc_loss=d_loss, disc_grad_norm=grad_norm(self.disc.parameters()))
     self.disc_opt.step()
+    metrics['disc_param_norm'] = global_norm(self.disc.parameters())
     self.ema.update(dict(self.disc.named_parameters()))
     if not self.ssl:
       return {k: v.detach() for k, v in metrics.items()}
@@ -171,6 +177,7 @@ class TorchTrainer:
     g_loss.backward(inputs=list(self.gen.parameters()))
     metrics.update(gen_loss=g_loss, gen_grad_norm=grad_norm(self.gen.parameters()))
     self.gen_opt.step()
+    metrics['gen_param_norm'] = global_norm(self.gen.parameters())
     return {k: v.detach() for k, v in metrics.items()}
 
   @torch.no_grad()
