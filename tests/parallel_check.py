@@ -23,6 +23,8 @@ VARIANTS = {
     'shard_map': dict(parallel='shard_map'),
     'scan_3_steps_data_on_device': dict(steps_per_dispatch=3, data_on_device=True,
                                         donate_state=False),
+    'shard_map_scan_3_steps_data_on_device': dict(parallel='shard_map', steps_per_dispatch=3,
+                                                  data_on_device=True, donate_state=False),
 }
 
 

@@ -25,7 +25,8 @@ def test_shard_map_and_scanned_steps_with_data_on_device_match_pmap_on_four_devi
   assert result.returncode == 0, result.stderr[-3000:]
   diffs = json.loads(result.stdout.strip().splitlines()[-1])
   assert diffs['moved'] > 1e-3  # training changed the parameters, so the check means something
-  for name in ('shard_map', 'scan_3_steps_data_on_device'):
+  for name in ('shard_map', 'scan_3_steps_data_on_device',
+               'shard_map_scan_3_steps_data_on_device'):
     assert diffs[name] < 1e-5, (name, diffs)
 
 
