@@ -43,14 +43,8 @@ def semi_supervised_data(config: Config, splits: dict) -> tuple[
                                     image_shape=tuple(train_images.shape[1:]),
                                     train_size=len(train_labels))
   input_pipeline.check_against_dataset(config, info)
-  validation, labeled, unlabeled = input_pipeline.split_train(
-      train_labels, info.num_classes, config.num_labeled, config.num_validation,
-      config.label_seed)
-  return info, input_pipeline.SemiSupervisedData(
-      labeled_images=train_images[labeled], labeled_labels=train_labels[labeled],
-      unlabeled_images=train_images[unlabeled],
-      validation_images=train_images[validation], validation_labels=train_labels[validation],
-      test_images=splits['test_images'], test_labels=splits['test_labels'])
+  return info, input_pipeline.split_arrays(config, info, train_images, train_labels,
+                                           splits['test_images'], splits['test_labels'])
 
 
 _OUT = flags.DEFINE_string('out', None, 'The .npz file to write.')

@@ -7,20 +7,18 @@ keeps what it measured).
 
   python benchmarks/label_selection.py --data_dir=../shared/tfds
 """
-import datetime
 import json
 import os
 import pathlib
-import platform
-import sys
 import tempfile
 
 from absl import app, flags
-import jax
 import numpy as np
 
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import train
+
+from run_environment import run_environment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
@@ -69,11 +67,7 @@ def main(argv):
   workroot = tempfile.mkdtemp(prefix='label_selection_', dir=_OUT_DIR.value)
   record = {
       'benchmark': 'label_selection', 'mode': _MODE.value,
-      'command': ' '.join(['python'] + sys.argv),
-      'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
-      platform.machine(), 'cpu_count': os.cpu_count(),
-      'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
-      'jax': jax.__version__, 'runs': []}
+      **run_environment(), 'runs': []}
   stem = os.path.join(_OUT_DIR.value, 'label_selection')
   for dataset in _DATASETS.value:
     for seed in range(_SEEDS.value):  # Seeds outermost: a cut-short run stays balanced.

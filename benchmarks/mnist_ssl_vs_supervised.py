@@ -6,20 +6,18 @@ curves) under --out_dir.
 
   python benchmarks/mnist_ssl_vs_supervised.py --data_dir=../shared/tfds --epochs=20
 """
-import datetime
 import json
 import os
 import pathlib
-import platform
-import sys
 import tempfile
 from typing import Sequence
 
 from absl import app, flags
-import jax
 
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import train
+
+from run_environment import run_environment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_TRAIN_SIZE = 60_000
@@ -75,11 +73,7 @@ def main(argv):
   record = {
       'benchmark': 'mnist_ssl_vs_supervised', 'epochs': _EPOCHS.value,
       'label_seed': _LABEL_SEED.value, 'ema_decay': _EMA_DECAY.value,
-      'command': ' '.join(['python'] + sys.argv),
-      'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
-      platform.machine(), 'cpu_count': os.cpu_count(),
-      'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
-      'jax': jax.__version__,
+      **run_environment(),
       'runs': [run(mode, os.path.join(workroot, mode)) for mode in ('ssl', 'supervised')],
   }
   table = markdown(record)

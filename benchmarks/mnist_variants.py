@@ -14,16 +14,14 @@ import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
-import sys
 from typing import Optional
 
 from absl import app, flags
-import jax
 
 import mnist_ssl_vs_supervised as base
+from run_environment import run_environment
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
 VARIANTS = {
@@ -133,11 +131,7 @@ def main(argv):
   record = {
       'benchmark': 'mnist_variants', **budget(),
       'num_steps': sorted({r['num_steps'] for records in runs.values() for r in records}),
-      'seeds': seeds, 'command': ' '.join(['python'] + sys.argv),
-      'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
-      platform.machine(), 'cpu_count': os.cpu_count(),
-      'devices': f'{jax.local_device_count()} x {jax.devices()[0].device_kind}',
-      'jax': jax.__version__,
+      'seeds': seeds, **run_environment(),
       'variants': {name: error_stats(records) if records else None
                    for name, records in runs.items()},
       'runs': runs,

@@ -166,8 +166,13 @@ def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
   """Loads train and test and splits train into validation, labeled and unlabeled."""
   if config.dataset not in embedded_datasets.DATASETS:
     prepare(config)
-  train_images, train_labels = load_split(config, 'train')
-  test_images, test_labels = load_split(config, 'test')
+  return split_arrays(config, info, *load_split(config, 'train'), *load_split(config, 'test'))
+
+
+def split_arrays(config: Config, info: DatasetInfo, train_images: np.ndarray,
+                 train_labels: np.ndarray, test_images: np.ndarray,
+                 test_labels: np.ndarray) -> SemiSupervisedData:
+  """Splits train into validation, labeled (by --label_selection) and unlabeled."""
   validation, labeled, unlabeled = split_train(
       train_labels, info.num_classes, config.num_labeled, config.num_validation,
       config.label_seed)
