@@ -21,7 +21,6 @@ import sys
 import time
 
 from absl import app, flags
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,8 +108,7 @@ class Case:
     self.trainer = parallel.DataParallelTrainer(step_fn, self.config, self.data, train.AXIS,
                                                 devices)
     init_images = self.data.unlabeled_images[:train.INIT_BATCH_SIZE]
-    self.state = flax.jax_utils.replicate(train.create_train_state(self.setup, init_images),
-                                          devices)
+    self.state = self.trainer.replicate(train.create_train_state(self.setup, init_images))
     self.chunks = self.trainer.chunks(0)
     self.steps_per_call = self.trainer.steps_in_call(0)
     start = time.perf_counter()

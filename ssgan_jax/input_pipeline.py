@@ -19,7 +19,7 @@ import requests
 with epy.lazy_imports():
   import tensorflow_datasets as tfds
 
-from ssgan_jax import embedded_datasets, label_selection
+from ssgan_jax import embedded_datasets
 from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.models import MODEL_FAMILIES
 
@@ -177,6 +177,8 @@ def split_arrays(config: Config, info: DatasetInfo, train_images: np.ndarray,
       train_labels, info.num_classes, config.num_labeled, config.num_validation,
       config.label_seed)
   if config.label_selection == 'representative':
+    # Imported here: scikit-learn takes a second to import, and only this option needs it.
+    from ssgan_jax import label_selection  # pylint: disable=g-import-not-at-top
     labeled = unlabeled[label_selection.representative(
         train_images[unlabeled], train_labels[unlabeled], config.num_labeled // info.num_classes,
         config.label_seed)]

@@ -39,15 +39,38 @@ def distribute(per_device_fn: Callable, mode: str, devices: Optional[Sequence[ja
   if mode == 'pmap':
     return jax.pmap(per_device_fn, axis_name=axis_name, devices=devices,
                     donate_argnums=donate_argnums)
-  mesh = jax.sharding.Mesh(np.asarray(devices or jax.devices()), (axis_name,))
+  sharding = stacked_sharding(devices or jax.devices(), axis_name)
 
   def device_block(*args):
     results = per_device_fn(*jax.tree.map(lambda x: x[0], args))
     return jax.tree.map(lambda x: x[None], results)
 
-  spec = jax.sharding.PartitionSpec(axis_name)
-  return jax.jit(_shard_map(device_block, mesh=mesh, in_specs=spec, out_specs=spec),
+  return jax.jit(_shard_map(device_block, mesh=sharding.mesh, in_specs=sharding.spec,
+                            out_specs=sharding.spec),
                  donate_argnums=donate_argnums)
+
+
+def stacked_sharding(devices: Sequence[jax.Device], axis_name: str) -> jax.sharding.Sharding:
+  """The leading axis split over `devices`: how `distribute`'s results are laid out."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+
+
+def replicate(tree, sharding: jax.sharding.Sharding):
+  """A copy of the host `tree` for every device of `sharding`, stacked on a leading axis.
+
+  Laid out as the step's results are, so that feeding results back in does not compile the
+  step a second time. This process places the copies on its own devices.
+  """
+  num_devices = len(sharding.device_set)
+
+  def put(x):
+    x = np.asarray(x)[None]
+    return jax.make_array_from_single_device_arrays(
+        (num_devices, *x.shape[1:]), sharding,
+        [jax.device_put(x, d) for d in sharding.addressable_devices])
+
+  return jax.tree.map(put, tree)
 
 
 def scan_steps(step_fn: Callable, gather: bool) -> Callable:
@@ -105,6 +128,7 @@ class DataParallelTrainer:
     # Where this process's arrays go; the program itself spans `devices` or all processes'.
     self.devices = list(devices or jax.local_devices())
     self.num_devices = len(devices) if devices else jax.device_count()
+    self.sharding = stacked_sharding(devices or jax.devices(), axis_name)
     arrays = input_pipeline.train_arrays(data)
     self.on_device = config.data_on_device
     if self.on_device:
@@ -113,12 +137,16 @@ class DataParallelTrainer:
         logging.warning('Train images (%d MB) do not fit on the device; batches come from '
                         'the host.', num_bytes // 2**20)
         self.on_device = False
-    self.arrays = flax.jax_utils.replicate(arrays, self.devices) if self.on_device else None
+    self.arrays = self.replicate(arrays) if self.on_device else None
     # One plain step per call unless a call scans several or gathers its batch.
     self.scans = self.on_device or config.steps_per_dispatch > 1
     per_device = scan_steps(step_fn, self.on_device) if self.scans else step_fn
     self.fn = distribute(per_device, config.parallel, devices, axis_name,
                          (0,) if config.donate_state else ())
+
+  def replicate(self, tree):
+    """The host `tree` (a train state) on every device, as the calls take and return it."""
+    return replicate(tree, self.sharding)
 
   def steps_in_call(self, step: int) -> int:
     """How many steps the call that starts after `step` advances."""

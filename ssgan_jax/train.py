@@ -101,7 +101,14 @@ def example_keys(step_key: jax.Array, stream: int, batch_size: int,
 
 
 def create_train_state(setup: Setup, init_images_uint8: np.ndarray) -> TrainState:
-  """Initialises D (data-dependent, on real images with noise on) and, in ssl mode, G."""
+  """Initialises D (data-dependent, on real images with noise on) and, in ssl mode, G.
+
+  One compiled computation: run eagerly, each of the init's many small ops compiles on its own.
+  """
+  return jax.jit(functools.partial(_initial_state, setup))(init_images_uint8)
+
+
+def _initial_state(setup: Setup, init_images_uint8: jax.Array) -> TrainState:
   config = setup.config
   init_key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # no train step uses it
   keys = functools.partial(example_keys, init_key, batch_size=len(init_images_uint8),
@@ -345,7 +352,7 @@ def train_and_evaluate(config: Config, workdir: str,
     return evaluate(setup, p_eval_step, flax.jax_utils.replicate(variables), images, labels)
 
   step = int(state.step)
-  state = flax.jax_utils.replicate(state)
+  state = p_train_step.replicate(state)
   batches = p_train_step.chunks(step)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
                                                     writer=writer)

@@ -1,8 +1,22 @@
-"""Shared fixtures."""
+"""Shared fixtures, and one XLA compilation cache for the whole session.
+
+The cache is set in the environment before jax is imported, so the command-line runs that the
+tests start as subprocesses share it: the same train step is compiled once, not once per run.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix='ssgan_jax_tests_xla_cache_')
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache_dir,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 @pytest.fixture(scope='session')
