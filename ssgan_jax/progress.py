@@ -4,6 +4,7 @@ import time
 
 from absl import logging
 import tqdm
+import tqdm.contrib
 
 # Shown metrics and their short names.
 _SHOWN = {'disc_loss': 'D', 'gen_loss': 'G', 'train_accuracy': 'train', 'validation_accuracy': 'val'}
@@ -23,9 +24,14 @@ class Progress:
     self.quiet, self.latest = quiet, {}
     self._start = time.monotonic()
     self._bar = None
+    self._log_handler = self._log_stream = None
     if not quiet and stream.isatty():
       self._bar = tqdm.tqdm(total=num_steps, initial=start_step, file=stream, unit='step',
                             dynamic_ncols=True)
+      # Log lines are written above the bar (tqdm.write) instead of through it.
+      self._log_handler = logging.get_absl_handler().python_handler
+      self._log_stream = self._log_handler.stream
+      self._log_handler.stream = tqdm.contrib.DummyTqdmFile(self._log_stream)
 
   def record(self, scalars: dict) -> None:
     """Keeps the newest values of the shown metrics."""
@@ -52,3 +58,4 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      self._log_handler.stream = self._log_stream

@@ -2,6 +2,7 @@
 import io
 import re
 
+from absl import logging as absl_logging
 import numpy as np
 import pytest
 
@@ -98,6 +99,19 @@ def test_progress_bar_on_a_terminal_shows_losses_and_validation():
   text = stream.getvalue()
   assert '10/10' in text and 'step/s' in text
   assert 'D=0.5' in text and 'G=0.25' in text and 'val=0.875' in text
+
+
+def test_log_lines_during_a_bar_are_written_above_it(monkeypatch):
+  stream = _Stream(tty=True)
+  handler = absl_logging.get_absl_handler().python_handler
+  monkeypatch.setattr(handler, 'stream', stream)
+  bar = progress.Progress(num_steps=10, start_step=0, every=5, stream=stream)
+  bar.update(3)
+  handler.stream.write('a log line\n')
+  bar.close()
+  assert handler.stream is stream
+  before, after = stream.getvalue().split('a log line\n')
+  assert before.endswith('\r') and '/10 ' in after  # the bar was cleared, then drawn below
 
 
 def test_progress_lines_off_a_terminal_and_nothing_when_quiet(caplog):
