@@ -285,6 +285,24 @@ def _append_jsonl(path: str, record: dict) -> None:
     f.write(json.dumps(record) + '\n')
 
 
+def _keep_records_up_to(path: str, step: int) -> None:
+  """Drops the records after `step` (a resumed run redoes those steps) and any line that a
+  kill cut short."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= step:
+          kept.append(line.rstrip('\n') + '\n')
+      except (json.JSONDecodeError, KeyError, TypeError):
+        pass
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+
+
 def state_template(setup: Setup) -> TrainState:
   """Zeros shaped like the train state (host arrays), to restore a checkpoint into."""
   shapes = jax.eval_shape(functools.partial(create_train_state, setup),
@@ -328,6 +346,8 @@ def train_and_evaluate(config: Config, workdir: str,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not multihost.is_writer())
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if multihost.is_writer():
+    _keep_records_up_to(metrics_path, int(state.step))
   bar = progress.Progress(config.num_steps, int(state.step), config.log_every, config.quiet)
 
   def write(step: int, scalars: dict) -> None:

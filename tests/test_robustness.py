@@ -129,6 +129,9 @@ def test_kill9_during_a_save_then_sigterm_then_resume_ends_like_the_uninterrupte
   assert f'Resumed from step {stopped["step"]}.' in result.stderr
   jax.tree.map(np.testing.assert_array_equal, restored_state(workdir, config),
                restored_state(reference_dir, config))
+  # Each resumed run dropped the records of the steps it redid, and any line cut short.
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == sorted(r['step'] for r in records)
 
 
 def test_two_processes_with_two_devices_each_train_like_one_process_with_four(
@@ -284,3 +287,14 @@ def test_sigint_and_sigterm_request_a_stop_once_and_the_handlers_come_back():
       # A second signal of the kind meets the previous handler (Ctrl-C twice interrupts).
       assert signal.getsignal(signum) is before[signum == signal.SIGTERM]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_resumed_run_drops_the_records_of_the_steps_it_redoes(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "disc_loss": 1.0}\n{"step": 2, "disc_loss": 0.5}\n'
+                  '{"step": 2, "validation_accuracy": 0.5}\n{"step": 3, "disc_loss": 0.4}\n'
+                  '{"step": 4, "disc_lo')  # the last line cut short by kill -9
+  train._keep_records_up_to(str(path), 2)
+  assert [json.loads(line) for line in path.read_text().splitlines()] == [
+      {'step': 1, 'disc_loss': 1.0}, {'step': 2, 'disc_loss': 0.5},
+      {'step': 2, 'validation_accuracy': 0.5}]
