@@ -134,17 +134,22 @@ def test_kill9_during_a_save_then_sigterm_then_resume_ends_like_the_uninterrupte
   assert [r['step'] for r in records] == sorted(r['step'] for r in records)
 
 
+def two_processes(log_dir: pathlib.Path, *args) -> list[Main]:
+  """Two processes of 2 devices each on localhost, running the command line with args."""
+  port = free_port()
+  return [Main(log_dir / f'process{i}', *args, f'--coordinator_address=localhost:{port}',
+               '--num_processes=2', f'--process_id={i}',
+               env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+          for i in range(2)]
+
+
 def test_two_processes_with_two_devices_each_train_like_one_process_with_four(
     reference, mnist_data_dir, tmp_path):
   reference_dir, config = reference
   workdir = tmp_path / 'two_hosts'
-  port = free_port()
-  processes = [Main(tmp_path / f'process{i}', f'--data_dir={mnist_data_dir}',
-                    f'--num_steps={MULTIHOST_STEPS}', f'--checkpoint_every={MULTIHOST_STEPS}',
-                    f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-                    '--num_processes=2', f'--process_id={i}',
-                    env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
-               for i in range(2)]
+  processes = two_processes(tmp_path, f'--data_dir={mnist_data_dir}',
+                            f'--num_steps={MULTIHOST_STEPS}',
+                            f'--checkpoint_every={MULTIHOST_STEPS}', f'--workdir={workdir}')
   for process in processes:
     assert process.wait() == 0, process.stderr()[-3000:]
   # One process writes the metrics: two writers would write each record twice.
@@ -156,6 +161,30 @@ def test_two_processes_with_two_devices_each_train_like_one_process_with_four(
   assert int(two_hosts.step) == MULTIHOST_STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                two_hosts, one_host)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_they_resume(
+    reference, mnist_data_dir, tmp_path):
+  _, config = reference
+  workdir = tmp_path / 'two_hosts'
+  common = [f'--data_dir={mnist_data_dir}', f'--num_steps={NUM_STEPS}', f'--workdir={workdir}',
+            '--checkpoint_every=1000']
+  processes = two_processes(tmp_path / 'stopped', *common, '--log_every=1')
+  processes[0].wait_until(lambda: any(s > 2 for s in logged_steps(workdir)), poll=0.01)
+  # A preemption notice may reach one host first; jax's service tells the others.
+  processes[1].process.send_signal(signal.SIGTERM)
+  for process in processes:
+    assert process.wait() == 0, process.stderr()[-3000:]
+  stopped = [json.loads(p.stdout().strip().splitlines()[-1]) for p in processes]
+  assert stopped[0] == stopped[1] and stopped[0]['stopped'], stopped
+  assert 2 < stopped[0]['step'] < NUM_STEPS
+  assert complete_steps(workdir)[-1] == stopped[0]['step']
+
+  resumed = two_processes(tmp_path / 'resumed', *common)
+  for process in resumed:
+    assert process.wait() == 0, process.stderr()[-3000:]
+  assert f'Resumed from step {stopped[0]["step"]}.' in resumed[0].stderr()
+  assert int(restored_state(workdir, config).step) == NUM_STEPS
 
 
 @pytest.fixture(scope='module')
