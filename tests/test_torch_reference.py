@@ -166,16 +166,32 @@ def test_adam_and_ema_match_optax():
       ema_state.ema, config.ema_decay, ema_state.count)['w'], 1e-6)
 
 
+# Adam's first update is lr * g / sqrt(g^2 + eps_root): nearly lr * sign(g), so a gradient
+# entry near 0, whose sign float32 roundoff decides, moves by up to 2 * lr between frameworks
+# (or between eager and jitted JAX). Such entries come from leaky-ReLU inputs near the kink
+# and from the l1 feature-matching norm; with eps_root = 1 the update is about lr * g, so the
+# step is compared, not the roundoff. (Adam itself, with the reference's eps_root, is
+# compared with optax above.)
+SMOOTH_EPS_ROOT = 1.0
+
+
 @pytest.mark.parametrize('family,unsup_loss,gen_loss', [
-    ('mlp', 'salimans', 'both'), ('mlp', 'kplus1', 'nonsaturating')])
+    ('mlp', 'salimans', 'both'), ('mlp', 'kplus1', 'nonsaturating'),
+    ('conv_small', 'salimans', 'feature_matching')])
 def test_train_step_matches_flax(family, unsup_loss, gen_loss):
   """One D and G step from the same state and latents gives the same parameters and losses."""
   setup = jax_setup(family, unsup_loss)
   setup = dataclasses.replace(setup, config=setup.config.replace(
       gen_loss=gen_loss, feature_norm='l1' if family != 'mlp' else 'l2'))
+  setup = dataclasses.replace(setup, optimizer=optax.adam(
+      train.learning_rate_schedule(setup.config), b1=setup.config.adam_beta1, eps=0.0,
+      eps_root=SMOOTH_EPS_ROOT))
   b = BATCH[family]
   state = train.create_train_state(setup, random_images(family, 32, seed=0))
   trainer = torch_trainer(setup, state)
+  for optimizer in (trainer.disc_opt, trainer.gen_opt):
+    for group in optimizer.param_groups:
+      group['eps_root'] = SMOOTH_EPS_ROOT
   images = random_images(family, 3 * b, seed=1)
   batch = {'labeled_images': images[:b], 'labels': np.arange(b) % 10,
            'unlabeled_images': images[b:2 * b], 'unlabeled_images_gen': images[2 * b:]}
@@ -183,12 +199,12 @@ def test_train_step_matches_flax(family, unsup_loss, gen_loss):
   step_key = jax.random.fold_in(jax.random.key(setup.config.seed), 0)
   latents = [models.sample_latent(train.example_keys(step_key, stream, b, None))
              for stream in (train._DISC_LATENT, train._GEN_LATENT)]
-  # Eager, not jitted: under jit, G's gradient differs from eager JAX (and torch) by ~1e-3
-  # relative after the first, nearly sign-like Adam step of D.
-  state, metrics = train.train_step(setup, state, batch, axis_name=None)
+  state, metrics = jax.jit(functools.partial(train.train_step, setup, axis_name=None))(
+      state, batch)
   torch_metrics = trainer.train_step(batch, latents=latents)
   for name, value in metrics.items():
-    assert_close(torch_metrics[name], value, 1e-5)
+    # Gradient norms differ more than losses: the kinks above, where roundoff picks a side.
+    assert_close(torch_metrics[name], value, 1e-3 if 'grad_norm' in name else 1e-5)
 
   expected = torch_trainer(setup, state)
   for module, expected_module in ((trainer.disc, expected.disc), (trainer.gen, expected.gen)):
