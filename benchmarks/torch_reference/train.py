@@ -109,7 +109,7 @@ class TorchTrainer:
     self.disc_opt = Adam(self.disc.parameters(), schedule, config.adam_beta1)
     self.ema = Ema(dict(self.disc.named_parameters()), config.ema_decay)
     self.eval_disc = copy.deepcopy(self.disc).eval()
-    self.gen = None
+    self.gen = self.gen_opt = None
     if self.ssl:
       self.gen = self.family.generator(image_shape).to(self.device)
       models.data_dependent_init(self.gen, self._latents(len(init_images)))
