@@ -3,7 +3,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssgan_jax import losses
+from ssgan_jax import losses, models
 
 MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
@@ -50,9 +50,10 @@ class Config:
   seed: int = _field(0, 'Seed for initialisation, batch order and noise.')
   batch_size: int = _field(100, 'Global batch per stream (labeled, unlabeled, generated); divides over devices.')
   eval_batch_size: int = _field(1000, 'Global evaluation batch; divides over devices.')
-  # Speed: how the train step runs (only compute_dtype changes the arithmetic).
+  # Speed: how the train step runs (only compute_dtype changes more than float rounding).
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
+  conv_transpose: str = _field('subpixel', "How G's transposed convolutions are computed (the same function): subpixel (a stride-1 convolution, then depth to space) or dilated (lax.conv_transpose).")
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
@@ -78,7 +79,8 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
-    'sample_every', 'quiet', 'parallel', 'steps_per_dispatch', 'data_on_device', 'donate_state',
+    'sample_every', 'quiet', 'parallel', 'conv_transpose', 'steps_per_dispatch', 'data_on_device',
+    'donate_state',
 })
 
 
@@ -105,6 +107,7 @@ def validate(config: Config) -> None:
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
+  _check_choice(config, 'conv_transpose', models.CONV_TRANSPOSE_ALGORITHMS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):
     _check_at_least(config, name, 1)

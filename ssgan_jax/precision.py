@@ -45,4 +45,4 @@ def with_compute_dtype(family: models.ModelFamily, dtype_name: str) -> models.Mo
   return dataclasses.replace(
       family,
       discriminator=lambda n: ComputeIn(family.discriminator(n), dtype),
-      generator=lambda shape, axis: ComputeIn(family.generator(shape, axis), dtype))
+      generator=lambda *args: ComputeIn(family.generator(*args), dtype))

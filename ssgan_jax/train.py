@@ -78,7 +78,7 @@ class Setup:
                ema=optax.ema(config.ema_decay, debias=True))
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name)
+    return self.family.generator(self.image_shape, axis_name, self.config.conv_transpose)
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:

@@ -76,7 +76,7 @@ def generator(family):
 
   Cached per module, so the conv families (same generator) share one.
   """
-  return _init_generator(models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None))
+  return _init_generator(models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None, 'subpixel'))
 
 
 @functools.cache
@@ -174,7 +174,7 @@ def test_generator_batch_norm_over_named_axis():
   two shards (vmap standing in for devices) gives the unsplit batch's images and stats."""
   _, variables, z, apply = generator('mlp')
   images, updates = apply(variables, z)
-  g = models.MODEL_FAMILIES['mlp'].generator(IMAGE_SHAPE['mlp'], 'batch')
+  g = models.MODEL_FAMILIES['mlp'].generator(IMAGE_SHAPE['mlp'], 'batch', 'subpixel')
   sharded = jax.jit(jax.vmap(
       lambda zs: g.apply(variables, zs, mutable=['batch_stats']), axis_name='batch'))
   images_s, updates_s = sharded(z.reshape(2, B_G // 2, -1))
@@ -423,3 +423,43 @@ def test_scale_pixels(family):
   scaled = fam.scale_pixels(pixels)
   assert scaled.dtype == jnp.float32
   np.testing.assert_allclose(scaled, [low, low + 0.2 * (high - low), high], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# 7. Transposed convolution algorithms.
+
+@pytest.mark.parametrize('kernel,stride', [(5, 2), (4, 2), (3, 2), (2, 2), (1, 2), (5, 3),
+                                           (3, 1)])
+@pytest.mark.parametrize('algorithm', models.CONV_TRANSPOSE_ALGORITHMS)
+def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm):
+  """Both algorithms give nn.ConvTranspose's 'SAME' outputs and gradients, from the same
+  initial kernel, for odd and even kernels, strides below and above the kernel."""
+  ours = models.ConvTranspose(4, kernel, stride, algorithm)
+  flax_conv = flax.linen.ConvTranspose(4, (kernel, kernel), strides=(stride, stride),
+                                       padding='SAME', use_bias=False,
+                                       kernel_init=flax.linen.initializers.normal(0.05))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
+  variables = ours.init(jax.random.key(1), x)
+  flax_variables = flax_conv.init(jax.random.key(1), x)
+  np.testing.assert_array_equal(variables['params']['kernel'],
+                                flax_variables['params']['kernel'])
+  cotangent = jax.random.normal(jax.random.key(2), (2, 5 * stride, 6 * stride, 4))
+  loss = lambda module, v, x: jnp.vdot(module.apply(v, x), cotangent)
+  value, (grad_v, grad_x) = jax.value_and_grad(functools.partial(loss, ours), (0, 1))(
+      variables, x)
+  flax_value, (flax_grad_v, flax_grad_x) = jax.value_and_grad(
+      functools.partial(loss, flax_conv), (0, 1))(variables, x)
+  np.testing.assert_allclose(value, flax_value, rtol=1e-5)
+  np.testing.assert_allclose(grad_x, flax_grad_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad_v['params']['kernel'], flax_grad_v['params']['kernel'],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_generator_algorithms_give_the_same_images():
+  _, variables, z, apply = generator('conv_small')
+  dilated = models.MODEL_FAMILIES['conv_small'].generator(IMAGE_SHAPE['conv_small'], None,
+                                                          'dilated')
+  images, _ = apply(variables, z)
+  dilated_images, _ = jax.jit(functools.partial(dilated.apply, mutable=['batch_stats']))(
+      variables, z)
+  np.testing.assert_allclose(dilated_images, images, atol=1e-5)
