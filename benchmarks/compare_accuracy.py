@@ -34,6 +34,7 @@ from benchmarks.torch_reference.train import TorchTrainer
 from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
 _LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Labeled subsets to train on.')
@@ -61,7 +62,6 @@ def curve_steps(config: config_lib.Config, points: int) -> list[int]:
 
 def run_jax(config, data, steps: list[int], workdir: str) -> dict:
   """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds."""
-  from ssgan_jax import train  # imports TensorFlow (clu's metric writers)
   curve, wall = [], 0.0
   for step in steps:
     chunk = config.replace(num_steps=step, checkpoint_every=step, eval_every=step,

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Lazy (clu's writers import TensorFlow), so that the train step imports without it.
+# Lazy: clu's metric writers import TensorFlow, which training does not otherwise need.
 with epy.lazy_imports():
-  from clu import metric_writers, parameter_overview, periodic_actions
+  from clu import metric_writers, parameter_overview
 
 from ssgan_jax import (checkpointing, input_pipeline, losses, models, multihost, parallel, plots,
                        precision, progress)
@@ -310,6 +310,31 @@ def state_template(setup: Setup) -> TrainState:
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
+class LogOnlyWriter:
+  """Scalars as log lines: the writer where clu's, which needs TensorFlow, cannot load."""
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
+
+  def write_images(self, step: int, images: dict) -> None:
+    del step, images  # the PNGs beside the metrics hold them
+
+  def close(self) -> None:
+    pass
+
+
+def metric_writer(workdir: str):
+  """clu's writer: TensorBoard events in `workdir` (writing host only) and log lines. Without
+  TensorFlow (as on a machine that reads a numpy export of the data), log lines only;
+  metrics.jsonl holds every metric either way."""
+  try:
+    return metric_writers.create_default_writer(workdir,
+                                                just_logging=not multihost.is_writer())
+  except ImportError as e:
+    logging.warning('No TensorBoard events: %s. metrics.jsonl has every metric.', e)
+    return LogOnlyWriter()
+
+
 def train_and_evaluate(config: Config, workdir: str,
                        stop_requested: Callable[[int], bool] = lambda step: False,
                        data: Optional[tuple[input_pipeline.DatasetInfo,
@@ -344,7 +369,7 @@ def train_and_evaluate(config: Config, workdir: str,
   if state.gen_params is not None:
     parameter_overview.log_parameter_overview(state.gen_params, msg='Generator')
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not multihost.is_writer())
+  writer = metric_writer(workdir)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if multihost.is_writer():
     _keep_records_up_to(metrics_path, int(state.step))
@@ -374,15 +399,13 @@ def train_and_evaluate(config: Config, workdir: str,
   step = int(state.step)
   state = p_train_step.replicate(state)
   batches = p_train_step.chunks(step)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
-                                                    writer=writer)
   pending_metrics = []
+  rate_since = (step, time.monotonic())
   while step < config.num_steps:
     num_steps = p_train_step.steps_in_call(step)
     state, metrics = p_train_step(state, next(batches))
     step += num_steps
     pending_metrics.append(metrics)
-    report_progress(step)
     is_last = step == config.num_steps
     stopping = stop_requested(step)
     # Metrics are checked before every checkpoint, so a non-finite state is never saved. Not
@@ -390,8 +413,11 @@ def train_and_evaluate(config: Config, workdir: str,
     # queue; the first non-finite step is found among the pending ones instead.
     if (step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last
         or stopping):
-      write(step, checked_means(pending_metrics, step))
-      pending_metrics = []
+      means = checked_means(pending_metrics, step)
+      # Wall-clock rate since the last write, evaluation and checkpoints included.
+      means['steps_per_sec'] = (step - rate_since[0]) / (time.monotonic() - rate_since[1])
+      write(step, means)
+      pending_metrics, rate_since = [], (step, time.monotonic())
     if data.validation_labels.size and (step % config.eval_every == 0 or is_last):
       write(step, {'validation_accuracy': accuracy(state, data.validation_images,
                                                    data.validation_labels)})

@@ -1,5 +1,9 @@
 """The .npz export of the input pipeline's arrays, and compare_accuracy on a tiny budget."""
 import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +12,18 @@ import tensorflow_datasets as tfds
 from benchmarks import compare_accuracy, export_data
 from ssgan_jax import input_pipeline
 from ssgan_jax.config import Config, ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_FLAGS = ['--num_labeled=20', '--num_validation=20', '--batch_size=10',
+              '--eval_batch_size=50', '--num_steps=2', '--checkpoint_every=2', '--eval_every=2',
+              '--log_every=1', '--ema_decay=0.9']
+# Blocks TensorFlow and TFDS, as on the GPU machine, then runs compare_accuracy.
+RUN_WITHOUT_TF = """
+import runpy, sys
+sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
+sys.argv = ['compare_accuracy'] + sys.argv[1:]
+runpy.run_module('benchmarks.compare_accuracy', run_name='__main__')
+"""
 
 
 def tiny_config(**changes) -> Config:
@@ -74,3 +90,23 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   assert merged['command'] == ['run 0', 'run 1']
   assert '| jax_ssl | 2 | 0 |' in table and '| torch_supervised | 2 | 0 |' in table
   assert f"{100 * runs[0]['test_error']:.2f} ± 0.00 %" in table
+
+
+def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
+  """The GPU machine has neither TensorFlow nor TFDS: training reads the export, writes
+  metrics.jsonl (with steps/s) and logs its scalars instead of writing TensorBoard events."""
+  np.savez_compressed(tmp_path / 'mnist.npz', **synthetic_splits())
+  out_dir = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, '-c', RUN_WITHOUT_TF, *TINY_FLAGS, f'--data_npz={tmp_path / "mnist.npz"}',
+       '--runs=jax_ssl,torch_ssl', '--label_seeds=0', '--curve_points=1',
+       f'--out_dir={out_dir}'], capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'No TensorBoard events' in result.stderr
+  record = json.loads((out_dir / 'compare_accuracy.json').read_text())
+  assert [r['run'] for r in record['runs']] == ['jax_ssl', 'torch_ssl']
+  [workdir] = out_dir.glob('runs_*/jax_ssl_0')
+  metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [m['step'] for m in metrics if 'steps_per_sec' in m] == [1, 2]
+  assert all(m['steps_per_sec'] > 0 for m in metrics if 'steps_per_sec' in m)
+  assert not list(workdir.glob('events.out.tfevents*'))

@@ -96,7 +96,7 @@ def test_samples_and_curves_also_go_to_tensorboard(rings_demo):
   [events] = pathlib.Path(workdir, 'ssl').glob('events.out.tfevents.*')
   tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events))
           for v in e.summary.value}
-  assert {'samples', 'curves', 'disc_loss', 'validation_accuracy'} <= tags
+  assert {'samples', 'curves', 'disc_loss', 'steps_per_sec', 'validation_accuracy'} <= tags
 
 
 def test_evaluate_matches_training_and_writes_json_and_confusion_png(digits_run):
