@@ -205,22 +205,24 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   if not ssl:
     return state, mean(metrics)
 
-  x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
-  g_inputs_keys = jnp.concatenate([keys(_GEN_UNLABELED_NOISE), keys(_GEN_FAKE_NOISE)])
+  disc_variables = {'params': disc_params, **state.disc_constants}
+  feature_matching = config.gen_loss in ('feature_matching', 'both')
+  if feature_matching:
+    # Outside gen_loss: no gradient flows through the real images' pass, so none is computed.
+    x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
+    _, real_features = disc.apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE))
   z = models.sample_latent(keys(_GEN_LATENT))
 
   def gen_loss(params):
     fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
                                     z, mutable=['batch_stats'])
-    outputs, features = disc.apply({'params': disc_params, **state.disc_constants},
-                                   jnp.concatenate([x_unl_gen, fake]), g_inputs_keys,
-                                   num_groups=2)
+    outputs, fake_features = disc.apply(disc_variables, fake, keys(_GEN_FAKE_NOISE))
     loss = 0.0
-    if config.gen_loss in ('feature_matching', 'both'):
-      loss += losses.feature_matching(features[:b], features[b:], config.feature_norm,
+    if feature_matching:
+      loss += losses.feature_matching(real_features, fake_features, config.feature_norm,
                                       axis_name)
     if config.gen_loss in ('nonsaturating', 'both'):
-      loss += losses.nonsaturating(head.real_logit(outputs[b:]))
+      loss += losses.nonsaturating(head.real_logit(outputs))
     if history:
       loss += config.historical_averaging * losses.historical_averaging(
           params, state.gen_past_mean)

@@ -164,15 +164,17 @@ class TorchTrainer:
     if not self.ssl:
       return {k: v.detach() for k, v in metrics.items()}
 
-    fake = self._gen_fn(z_gen)
-    outputs, features = self._disc_fn(
-        torch.cat([self._to_input(batch['unlabeled_images_gen']), fake]))
+    feature_matching = config.gen_loss in ('feature_matching', 'both')
+    if feature_matching:
+      with torch.no_grad():  # G's gradient does not flow through the real images' pass
+        _, real_features = self._disc_fn(self._to_input(batch['unlabeled_images_gen']))
+    outputs, fake_features = self._disc_fn(self._gen_fn(z_gen))
     g_loss = 0.0
-    if config.gen_loss in ('feature_matching', 'both'):
-      g_loss = g_loss + losses.feature_matching(features[:b], features[b:],
+    if feature_matching:
+      g_loss = g_loss + losses.feature_matching(real_features, fake_features,
                                                 config.feature_norm)
     if config.gen_loss in ('nonsaturating', 'both'):
-      g_loss = g_loss + losses.nonsaturating(head.real_logit(outputs[b:]))
+      g_loss = g_loss + losses.nonsaturating(head.real_logit(outputs))
     self.gen_opt.zero_grad(set_to_none=True)
     g_loss.backward(inputs=list(self.gen.parameters()))
     metrics.update(gen_loss=g_loss, gen_grad_norm=grad_norm(self.gen.parameters()))
