@@ -11,11 +11,15 @@ and markdown tables (printed and written under --out_dir).
   python -m benchmarks.throughput --models=mlp,conv_small --batch_sizes=100 \
       --variant= --variant=compute_dtype=bfloat16 --torch
 """
+import collections
 import datetime
+import glob
+import gzip
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -51,6 +55,9 @@ _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
 _TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch reference on the same '
                               'device (eager and torch.compile) and report JAX/torch ratios.')
+_PROFILE = flags.DEFINE_integer(
+    'profile_top', 0, 'After timing, trace --steps more steps of each case with jax.profiler '
+    '(a Perfetto trace under --out_dir) and report its N slowest XLA ops; 0: no profile.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 matmul that measures '
                                     "the device's peak (0: 8192, or 1024 on CPU).")
 _OUT_DIR = flags.DEFINE_string('out_dir', os.path.join(REPO, 'benchmarks', 'results'),
@@ -164,6 +171,43 @@ class Case:
                              if achieved and peak_flops else None),
         'peak_note': None if peak else f'unknown device {kind!r}: no published peak',
     }
+
+
+# An instruction of XLA's optimised HLO text: its name, result shape, opcode and source op.
+_HLO_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT )?%?([\w.-]+) = (\S+?\[[^\]]*\])\S* ([\w-]+)\((.*)$', re.MULTILINE)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def profile(case: Case, trace_root: str, top: int) -> dict:
+  """The `top` XLA ops of the case's compiled step by traced time per step.
+
+  Trace events are matched to the instructions of the compiled program's HLO by name (on CPU
+  the thunks, on GPU the ops of XLA's op track); each op comes with its result shape and the
+  JAX operation it came from, where XLA kept that.
+  """
+  variant = re.sub(r'\W+', '_', case.variant) or 'default'
+  trace_dir = os.path.join(trace_root,
+                           f'{case.model}_{case.batch_size}_{len(case.devices)}_{variant}')
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    steps = case.run(_STEPS.value)
+  [path] = glob.glob(os.path.join(trace_dir, '**', '*perfetto_trace.json.gz'), recursive=True)
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  hlo = {m[1]: (m[2], m[3], _OP_NAME.search(m[4])) for m in
+         _HLO_INSTRUCTION.finditer(case.compiled.as_text())}
+  micros = collections.Counter()
+  for event in events:
+    if event.get('ph') == 'X' and event.get('name') in hlo:
+      micros[event['name']] += event.get('dur', 0)
+  traced = sum(micros.values())
+  return {'kind': 'profile', 'model': case.model, 'global_batch': case.batch_size,
+          'num_devices': len(case.devices), 'variant': case.variant, 'steps': steps,
+          'trace_dir': trace_dir, 'traced_ms_per_step': traced / 1e3 / steps,
+          'top_ops': [{'name': name, 'ms_per_step': us / 1e3 / steps, 'share': us / traced,
+                       'opcode': hlo[name][1], 'shape': hlo[name][0],
+                       'op_name': hlo[name][2] and hlo[name][2][1]}
+                      for name, us in micros.most_common(top)]}
 
 
 def interleaved(cases: list) -> None:
@@ -304,6 +348,14 @@ def markdown(header: dict, records: list) -> str:
     out += [f"| {r['model']} | {r['per_device_batch']} | {r['compute_dtype']} | {r['device']}"
             f"{'' if r['peak_dtype'] == r['compute_dtype'] else ' (bf16 peak)'} | "
             f"{r['steps_per_s']:.0f} | {r['bound']} |" for r in projection]
+  for r in (r for r in records if r['kind'] == 'profile'):
+    out += ['', f"Slowest XLA ops of {r['model']}, batch {r['global_batch']}, "
+            f"{r['num_devices']} device(s), {r['variant'] or 'default'}: traced over "
+            f"{r['steps']} steps, {r['traced_ms_per_step']:.1f} ms of ops a step. Trace: "
+            f"`{r['trace_dir']}`", '',
+            '| op | opcode | result shape | ms/step | share | from |', '|---|---|---|---|---|---|']
+    out += [f"| {o['name']} | {o['opcode']} | {o['shape']} | {o['ms_per_step']:.2f} | "
+            f"{100 * o['share']:.1f} % | {o['op_name'] or ''} |" for o in r['top_ops']]
   return '\n'.join(out) + '\n'
 
 
@@ -361,6 +413,9 @@ def main(argv):
         new = [case.record()]
         if _TORCH.value and len(case.devices) == 1 and case.variant == _VARIANTS.value[0]:
           new += torch_records(case, new[0]['steps_per_s'])
+        if _PROFILE.value:
+          new.append(profile(case, os.path.join(_OUT_DIR.value, f'{_NAME.value}_traces'),
+                             _PROFILE.value))
         emit(new)
         records += new
       del cases

@@ -17,7 +17,8 @@ runpy.run_module('benchmarks.throughput', run_name='__main__')
 def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_path):
   result = subprocess.run(
       [sys.executable, '-c', RUN_WITHOUT_TF, '--models=mlp', '--batch_sizes=4', '--steps=1',
-       '--warmup=1', '--repeats=1', '--matmul_size=64', f'--out_dir={tmp_path}'],
+       '--warmup=1', '--repeats=1', '--matmul_size=64', '--profile_top=3',
+       f'--out_dir={tmp_path}'],
       capture_output=True, text=True, timeout=600, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
@@ -32,5 +33,10 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
   assert row['fraction_of_peak'] is None and 'unknown device' in row['peak_note']
   assert rows['matmul_peak']['flops_per_s'] > 0
   assert rows['roofline_projection']['steps_per_s'] > 0
+  ops = rows['profile']['top_ops']
+  assert len(ops) == 3 and all(op['ms_per_step'] > 0 and op['shape'] for op in ops)
+  assert ops[0]['ms_per_step'] >= ops[-1]['ms_per_step']
+  assert 0 < sum(op['share'] for op in ops) <= 1 and all(op['opcode'] for op in ops)
   table = (tmp_path / 'throughput.md').read_text()
   assert '| mlp | 4 | 1 | default |' in table and 'PROJECTION, not a measurement' in table
+  assert f"| {ops[0]['name']} | " in table
