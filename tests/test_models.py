@@ -76,7 +76,8 @@ def generator(family):
 
   Cached per module, so the conv families (same generator) share one.
   """
-  return _init_generator(models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None, 'subpixel'))
+  return _init_generator(
+      models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None, 'subpixel'))
 
 
 @functools.cache
