@@ -127,6 +127,11 @@ def validate(config: Config) -> None:
   if config.mode != 'ssl' and config.one_sided_label_smoothing != 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'applies only to --mode=ssl (use 1 with --mode=supervised)')
+  if config.minibatch_kernels and config.eval_batch_size % config.batch_size:
+    raise ConfigError('eval_batch_size', config.eval_batch_size,
+                      f'must be a multiple of --batch_size={config.batch_size} with '
+                      '--minibatch_kernels (evaluation compares examples in groups of the '
+                      "training batch's size)")
   if not config.learning_rate > 0:
     raise ConfigError('learning_rate', config.learning_rate, 'must be > 0')
   for name in ('adam_beta1', 'ema_decay'):

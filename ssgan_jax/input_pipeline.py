@@ -262,11 +262,14 @@ def train_batches(data: SemiSupervisedData, config: Config, start_step: int,
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
                  num_devices: int) -> Iterator[dict]:
-  """Sharded batches covering every example once; padding is marked by mask == 0."""
+  """Sharded batches covering every example once; padding is marked by mask == 0.
+
+  The last batch is padded with examples from the start rather than zeros, so that D's
+  minibatch features, which compare the examples of a group, still compare real images.
+  """
   for start in range(0, len(labels), batch_size):
+    indices = np.arange(start, start + batch_size) % len(labels)
     count = min(batch_size, len(labels) - start)
-    pad = [(0, batch_size - count)]
-    batch = {'images': np.pad(images[start:start + count], pad + [(0, 0)] * (images.ndim - 1)),
-             'labels': np.pad(labels[start:start + count], pad),
-             'mask': np.pad(np.ones(count, np.float32), pad)}
+    batch = {'images': images[indices], 'labels': labels[indices],
+             'mask': (np.arange(batch_size) < count).astype(np.float32)}
     yield {k: shard(v, num_devices) for k, v in batch.items()}

@@ -230,21 +230,24 @@ class MinibatchDiscrimination(nn.Module):
 
   Each example's features x (F) are projected by a weight-normalised tensor to m (K x C);
   its K outputs are `minibatch_similarity` to the other examples of its group, plus a bias.
-  The batch is `num_groups` equal consecutive groups (the discriminator's labeled, unlabeled
-  and generated parts), compared only within a group, so real and fake examples never see
-  each other, as when the reference applies D to each part separately. Under data
-  parallelism a group is one device's shard of a part; in evaluation it is a device's share of
-  the evaluation batch, padding included, so predictions depend on the batch, as they do in
-  the reference code, which evaluates D on batches. As in the reference code, the
-  per-(kernel, dim) log scale starts so that half the mean nearest distance of the init
-  batch (one group) is 1, and the bias so that the init batch's outputs have zero mean.
+  The batch is split into consecutive groups of `group_size` examples (None: one group), and
+  examples are compared only within their group. In training a group is one device's share of
+  one part of D's batch (labeled, unlabeled or generated), so real and fake examples never see
+  each other, as when the reference applies D to each part separately; evaluation uses groups
+  of the same size, since the similarities are sums over the group and grow with it. As in
+  the reference code, the per-(kernel, dim) log scale starts so that half the mean nearest
+  distance of the init batch (one group) is 1, and the bias so that the init batch's outputs
+  have zero mean.
   """
   num_kernels: int
   kernel_dim: int = 5
 
   @nn.compact
-  def __call__(self, x_BxF, num_groups: int = 1):
+  def __call__(self, x_BxF, group_size: Optional[int] = None):
     b = x_BxF.shape[0]
+    group_size = group_size or b
+    if b % group_size:
+      raise ValueError(f'a batch of {b} is not whole groups of {group_size}')
     dense = nn.Dense(self.num_kernels * self.kernel_dim, use_bias=False,
                      kernel_init=_MINIBATCH_V_INIT)
     m_BxKxC = unit_kernel_output(dense, x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
@@ -252,7 +255,7 @@ class MinibatchDiscrimination(nn.Module):
     log_scale_KxC = self.param('log_scale', lambda *_: jnp.broadcast_to(
         -jnp.log(0.5 * mean_nearest_distance(m_BxKxC))[:, None], m_BxKxC.shape[1:]))
     m_GxNxKxC = (m_BxKxC * jnp.exp(log_scale_KxC)).reshape(
-        num_groups, b // num_groups, *m_BxKxC.shape[1:])
+        b // group_size, group_size, *m_BxKxC.shape[1:])
     o_BxK = jax.vmap(minibatch_similarity)(m_GxNxKxC).reshape(b, self.num_kernels)
     o_BxK = o_BxK + self.param('bias', lambda *_: -jnp.mean(o_BxK, axis=0))
     return jnp.concatenate([x_BxF, o_BxK], axis=-1)
@@ -271,7 +274,8 @@ class MlpDiscriminator(nn.Module):
   minibatch_kernel_dim: int = 5
 
   @nn.compact
-  def __call__(self, images_BxHxWxC, example_keys=None, num_groups: int = 1):
+  def __call__(self, images_BxHxWxC, example_keys=None,
+               group_size: Optional[int] = None):
     noise = ExampleNoise(example_keys)
     h = noise.gaussian(images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1), self.input_noise)
     for width in self.hidden:
@@ -279,7 +283,7 @@ class MlpDiscriminator(nn.Module):
       features_BxF = h
       h = noise.gaussian(h, self.hidden_noise)
     if self.minibatch_kernels:
-      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, num_groups)
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, group_size)
     return WNDense(self.num_outputs, trainable_scale=True)(h), features_BxF
 
 
@@ -318,7 +322,8 @@ class ConvDiscriminator(nn.Module):
   minibatch_kernel_dim: int = 5
 
   @nn.compact
-  def __call__(self, images_BxHxWxC, example_keys=None, num_groups: int = 1):
+  def __call__(self, images_BxHxWxC, example_keys=None,
+               group_size: Optional[int] = None):
     noise = ExampleNoise(example_keys)
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
@@ -333,7 +338,7 @@ class ConvDiscriminator(nn.Module):
     h = lrelu(WNConv(wide, kernel=1)(h))
     features_BxF = h = jnp.mean(h, axis=(1, 2))
     if self.minibatch_kernels:
-      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, num_groups)
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, group_size)
     logits = WNDense(self.num_outputs, init_scale=0.1, trainable_scale=True,
                      v_init=_CONV_V_INIT)(h)
     return logits, features_BxF

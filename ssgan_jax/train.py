@@ -77,6 +77,14 @@ class Setup:
                                     eps=0.0, eps_root=1e-8),
                ema=optax.ema(config.ema_decay, debias=True))
 
+  def eval_group_size(self) -> Optional[int]:
+    """The examples D's minibatch features compare in evaluation: as many as in training
+    (one device's share of a batch part), since the features are sums over the group.
+    None where D has no minibatch features."""
+    if not self.config.minibatch_kernels:
+      return None
+    return max(self.config.batch_size // jax.device_count(), 1)
+
   def generator(self, axis_name: Optional[str]):
     return self.family.generator(self.image_shape, axis_name, self.config.conv_transpose)
 
@@ -172,7 +180,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
 
   def disc_loss(params):
     outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys,
-                            num_groups=len(d_inputs) // b)
+                            group_size=b)
     sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
     metrics = {'sup_loss': sup, 'train_accuracy': jnp.mean(
         jnp.argmax(head.class_logits(outputs[:b], setup.num_classes), -1) == labels)}
@@ -245,8 +253,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
 
 def eval_step(setup: Setup, disc_variables: Any, batch: dict) -> dict:
   """Correct predictions and example count on one device's shard, summed over devices."""
-  outputs, _ = setup.disc.apply(disc_variables,
-                                setup.family.scale_pixels(batch['images']))
+  outputs, _ = setup.disc.apply(disc_variables, setup.family.scale_pixels(batch['images']),
+                                group_size=setup.eval_group_size())
   predictions = jnp.argmax(setup.head.class_logits(outputs, setup.num_classes), -1)
   correct = jnp.sum((predictions == batch['labels']) * batch['mask'])
   return jax.lax.psum({'correct': correct, 'count': jnp.sum(batch['mask'])}, AXIS)

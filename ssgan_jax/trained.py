@@ -11,8 +11,6 @@ import orbax.checkpoint as ocp
 from ssgan_jax import checkpointing, input_pipeline, train
 from ssgan_jax.config import Config, ConfigError
 
-_BATCH = 1000
-
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
@@ -29,14 +27,16 @@ class Trained:
   def class_probabilities(self, examples: np.ndarray, which: str = 'ema') -> np.ndarray:
     """NxK class probabilities of D (noise off) with raw or moving-average parameters."""
     variables = train.eval_disc_variables(self.setup, self.state, which)
-    return np.concatenate([np.asarray(_probabilities(self.setup, variables,
-                                                     examples[i:i + _BATCH]))
-                           for i in range(0, len(examples), _BATCH)])
+    batches = input_pipeline.eval_batches(examples, np.zeros(len(examples), np.int32),
+                                          self.config.eval_batch_size, num_devices=1)
+    return np.concatenate([np.asarray(_probabilities(self.setup, variables, batch['images'][0]))
+                           [batch['mask'][0] > 0] for batch in batches])
 
 
 @jax.jit(static_argnums=0)
 def _probabilities(setup: train.Setup, variables: dict, examples):
-  outputs, _ = setup.disc.apply(variables, setup.family.scale_pixels(examples))
+  outputs, _ = setup.disc.apply(variables, setup.family.scale_pixels(examples),
+                                group_size=setup.eval_group_size())
   return jax.nn.softmax(setup.head.class_logits(outputs, setup.num_classes), -1)
 
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import checkpointing, config as config_lib, losses, models
+from ssgan_jax import checkpointing, config as config_lib, input_pipeline, losses, models, train
+from ssgan_jax import trained
 from test_train import fixed_batch_config, train_on_fixed_batch
 
 SWITCHES_OFF = {'historical_averaging': 0.0, 'one_sided_label_smoothing': 1.0,
@@ -71,8 +72,8 @@ def test_minibatch_layer_compares_examples_only_within_their_group():
   layer = models.MinibatchDiscrimination(num_kernels=4, kernel_dim=3)
   x_a, x_b = jax.random.normal(jax.random.key(0), (2, 5, 6))
   variables = layer.init(jax.random.key(1), x_a)
-  apply = jax.jit(layer.apply, static_argnames='num_groups')
-  together = apply(variables, jnp.concatenate([x_a, x_b]), num_groups=2)
+  apply = jax.jit(layer.apply, static_argnames='group_size')
+  together = apply(variables, jnp.concatenate([x_a, x_b]), group_size=5)
   alone = jnp.concatenate([apply(variables, x_a), apply(variables, x_b)])
   np.testing.assert_allclose(together, alone, rtol=1e-6)
   np.testing.assert_array_equal(together[:, :6], jnp.concatenate([x_a, x_b]))
@@ -103,6 +104,24 @@ def test_feature_matching_features_are_those_below_minibatch_discrimination():
   np.testing.assert_array_equal(*features)
 
 
+def test_minibatch_evaluation_compares_groups_of_the_training_size():
+  """The similarities are sums over a group, so evaluation uses training's group size:
+  predictions do not depend on the evaluation batch, and differ from one big group's."""
+  config = config_lib.Config(minibatch_kernels=4, minibatch_kernel_dim=2, batch_size=10)
+  info = input_pipeline.DatasetInfo(10, (28, 28, 1), None)
+  setup = train.Setup.create(config, info)
+  images = np.random.default_rng(0).integers(0, 256, (45, 28, 28, 1), np.uint8)
+  state = train.create_train_state(setup, images[:20])
+  probabilities = {
+      size: trained.Trained(train.Setup.create(config.replace(eval_batch_size=size), info),
+                            state, info, 0).class_probabilities(images)
+      for size in (20, 40)}
+  np.testing.assert_allclose(probabilities[20], probabilities[40], rtol=1e-5, atol=1e-6)
+  variables = train.eval_disc_variables(setup, state, 'ema')
+  one_group, _ = setup.disc.apply(variables, setup.family.scale_pixels(images[:40]))
+  assert not np.allclose(jax.nn.softmax(one_group[:, :10]), probabilities[20][:40], atol=1e-3)
+
+
 # ---------------------------------------------------------------------------
 # Config.
 
@@ -112,7 +131,8 @@ def test_feature_matching_features_are_those_below_minibatch_discrimination():
     ({'one_sided_label_smoothing': 1.1}, 'one_sided_label_smoothing'),
     ({'one_sided_label_smoothing': 0.9, 'mode': 'supervised'}, 'one_sided_label_smoothing'),
     ({'minibatch_kernels': -1}, 'minibatch_kernels'),
-    ({'minibatch_kernel_dim': 0}, 'minibatch_kernel_dim')])
+    ({'minibatch_kernel_dim': 0}, 'minibatch_kernel_dim'),
+    ({'minibatch_kernels': 3, 'batch_size': 100, 'eval_batch_size': 250}, 'eval_batch_size')])
 def test_bad_switch_values_name_the_flag(changes, flag):
   with pytest.raises(config_lib.ConfigError, match=f'^--{flag}='):
     config_lib.validate(config_lib.Config(**changes))
