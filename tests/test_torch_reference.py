@@ -84,7 +84,7 @@ def test_forward_matches_flax(family):
   fake, _ = setup.generator(None).apply(
       {'params': state.gen_params, 'batch_stats': state.gen_batch_stats}, z,
       mutable=['batch_stats'])
-  torch_fake = trainer.gen(torch.as_tensor(np.asarray(z)))
+  torch_fake = trainer.gen(torch.as_tensor(np.array(z)))
   if torch_family.channels_first:
     torch_fake = torch_fake.permute(0, 2, 3, 1)
   assert_close(torch_fake, fake, 1e-5)

@@ -25,7 +25,7 @@ def _conv_transpose_kernel(kernel):
 
 
 def _copy(target: torch.Tensor, value) -> None:
-  value = torch.as_tensor(np.ascontiguousarray(np.asarray(value)), dtype=target.dtype)
+  value = torch.as_tensor(np.array(value, order='C'), dtype=target.dtype)  # a writable copy
   if value.shape != target.shape:
     raise ValueError(f'shape {tuple(value.shape)} does not fit {tuple(target.shape)}')
   with torch.no_grad():

@@ -137,7 +137,7 @@ class TorchTrainer:
     labels = torch.as_tensor(batch['labels'], device=self.device).long()
     b = len(x_lab)
     z_disc, z_gen = ((self._latents(b), self._latents(b)) if latents is None else
-                     (torch.as_tensor(np.asarray(z), device=self.device) for z in latents))
+                     (torch.as_tensor(np.array(z), device=self.device) for z in latents))
 
     if self.ssl:
       with torch.no_grad():
