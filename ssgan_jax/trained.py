@@ -27,8 +27,12 @@ class Trained:
   def class_probabilities(self, examples: np.ndarray, which: str = 'ema') -> np.ndarray:
     """NxK class probabilities of D (noise off) with raw or moving-average parameters."""
     variables = train.eval_disc_variables(self.setup, self.state, which)
+    batch_size = min(self.config.eval_batch_size, len(examples))
+    group = self.setup.eval_group_size()
+    if group:  # whole groups of minibatch features, padded with the examples themselves
+      batch_size = -(-batch_size // group) * group
     batches = input_pipeline.eval_batches(examples, np.zeros(len(examples), np.int32),
-                                          self.config.eval_batch_size, num_devices=1)
+                                          batch_size, num_devices=1)
     return np.concatenate([np.asarray(_probabilities(self.setup, variables, batch['images'][0]))
                            [batch['mask'][0] > 0] for batch in batches])
 

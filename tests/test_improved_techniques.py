@@ -117,6 +117,8 @@ def test_minibatch_evaluation_compares_groups_of_the_training_size():
                             state, info, 0).class_probabilities(images)
       for size in (20, 40)}
   np.testing.assert_allclose(probabilities[20], probabilities[40], rtol=1e-5, atol=1e-6)
+  few = trained.Trained(setup, state, info, 0).class_probabilities(images[:3])
+  assert few.shape == (3, 10)  # fewer examples than a group: padded to one whole group
   variables = train.eval_disc_variables(setup, state, 'ema')
   one_group, _ = setup.disc.apply(variables, setup.family.scale_pixels(images[:40]))
   assert not np.allclose(jax.nn.softmax(one_group[:, :10]), probabilities[20][:40], atol=1e-3)
