@@ -83,7 +83,7 @@ class Setup:
     None where D has no minibatch features."""
     if not self.config.minibatch_kernels:
       return None
-    return max(self.config.batch_size // jax.device_count(), 1)
+    return self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
     return self.family.generator(self.image_shape, axis_name, self.config.conv_transpose)

@@ -1,9 +1,6 @@
 """The .npz export of the input pipeline's arrays, and compare_accuracy on a tiny budget."""
 import dataclasses
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,18 +9,11 @@ import tensorflow_datasets as tfds
 from benchmarks import compare_accuracy, export_data
 from ssgan_jax import input_pipeline
 from ssgan_jax.config import Config, ConfigError
+from without_tensorflow import run_module
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_FLAGS = ['--num_labeled=20', '--num_validation=20', '--batch_size=10',
               '--eval_batch_size=50', '--num_steps=2', '--checkpoint_every=2', '--eval_every=2',
               '--log_every=1', '--ema_decay=0.9']
-# Blocks TensorFlow and TFDS, as on the GPU machine, then runs compare_accuracy.
-RUN_WITHOUT_TF = """
-import runpy, sys
-sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
-sys.argv = ['compare_accuracy'] + sys.argv[1:]
-runpy.run_module('benchmarks.compare_accuracy', run_name='__main__')
-"""
 
 
 def tiny_config(**changes) -> Config:
@@ -97,10 +87,9 @@ def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
   metrics.jsonl (with steps/s) and logs its scalars instead of writing TensorBoard events."""
   np.savez_compressed(tmp_path / 'mnist.npz', **synthetic_splits())
   out_dir = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, '-c', RUN_WITHOUT_TF, *TINY_FLAGS, f'--data_npz={tmp_path / "mnist.npz"}',
-       '--runs=jax_ssl,torch_ssl', '--label_seeds=0', '--curve_points=1',
-       f'--out_dir={out_dir}'], capture_output=True, text=True, timeout=600, cwd=REPO)
+  result = run_module('benchmarks.compare_accuracy', *TINY_FLAGS,
+                      f'--data_npz={tmp_path / "mnist.npz"}', '--runs=jax_ssl,torch_ssl',
+                      '--label_seeds=0', '--curve_points=1', f'--out_dir={out_dir}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'No TensorBoard events' in result.stderr
   record = json.loads((out_dir / 'compare_accuracy.json').read_text())

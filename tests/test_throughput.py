@@ -1,25 +1,13 @@
 """benchmarks/throughput.py runs without TensorFlow and writes its JSON lines and table."""
 import json
-import pathlib
-import subprocess
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# Blocks TensorFlow and TFDS (the GPU machine has neither), then runs the benchmark.
-RUN_WITHOUT_TF = """
-import runpy, sys
-sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
-sys.argv = ['throughput'] + sys.argv[1:]
-runpy.run_module('benchmarks.throughput', run_name='__main__')
-"""
+from without_tensorflow import run_module
 
 
 def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-c', RUN_WITHOUT_TF, '--models=mlp', '--batch_sizes=4', '--steps=1',
-       '--warmup=1', '--repeats=1', '--matmul_size=64', '--profile_top=3',
-       f'--out_dir={tmp_path}'],
-      capture_output=True, text=True, timeout=600, cwd=REPO)
+  result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', '--steps=1',
+                      '--warmup=1', '--repeats=1', '--matmul_size=64', '--profile_top=3',
+                      f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
   header, rows = records[0], {r['kind']: r for r in records[1:]}
