@@ -12,7 +12,9 @@ step and wall seconds) per run. Writes compare_accuracy.json and compare_accurac
 
 The JAX curve comes from resuming train_and_evaluate at each curve point (its summary has the
 test error), so its wall seconds include a restart (setup, compilation, checkpointing) per
-point; the torch run is one loop that stops to evaluate. With --data_npz (written by
+point; the torch run is one loop that stops to evaluate. JAX runs keep their workdirs under
+<out_dir>/runs/ and the same command run again resumes them from their last curve point
+(a long run can span several sessions); torch runs start over. With --data_npz (written by
 benchmarks/export_data.py) no TFDS is read.
 """
 import dataclasses
@@ -21,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -60,13 +61,45 @@ def curve_steps(config: config_lib.Config, points: int) -> list[int]:
   return [round(config.num_steps * (i + 1) / points) for i in range(points)]
 
 
+def recorded_summaries(workdir: str) -> dict[int, dict]:
+  """The end-of-run summaries (test accuracy, wall seconds) in workdir's metrics.jsonl, by step."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    lines = f.read().splitlines()
+  records = []
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # the last line of a killed run
+      pass
+  return {r['step']: r for r in records if 'test_accuracy' in r}
+
+
+def check_resumable(workdir: str, steps: list[int]) -> None:
+  """Raises ConfigError unless workdir's recorded curve points are the first of `steps`."""
+  recorded = sorted(recorded_summaries(workdir))
+  if recorded != steps[:len(recorded)]:
+    out_dir = os.path.dirname(os.path.dirname(workdir))
+    raise config_lib.ConfigError(
+        'out_dir', out_dir, f'its run {os.path.basename(workdir)} has curve points {recorded}, '
+        f'not the first of {steps}; give the same --num_steps and --curve_points, or another '
+        '--out_dir')
+
+
 def run_jax(config, data, steps: list[int], workdir: str) -> dict:
-  """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds."""
+  """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds.
+
+  Curve points that workdir already has a summary for (from an earlier call) are read, not
+  trained again.
+  """
   curve, wall = [], 0.0
+  recorded = recorded_summaries(workdir)
   for step in steps:
     chunk = config.replace(num_steps=step, checkpoint_every=step, eval_every=step,
                            log_every=min(config.log_every, step))
-    summary = train.train_and_evaluate(chunk, workdir, data=data)
+    summary = recorded.get(step) or train.train_and_evaluate(chunk, workdir, data=data)
     wall += summary['wall_seconds']
     curve.append((step, 1 - summary['test_accuracy'], round(wall, 2)))
   return {'test_error': 1 - summary['test_accuracy'],
@@ -166,6 +199,11 @@ def main(argv):
     unknown = set(_RUNS.value) - set(RUNS)
     if unknown:
       raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
+    workroot = os.path.join(_OUT_DIR.value, 'runs')
+    for seed in map(int, _LABEL_SEEDS.value):
+      for name in _RUNS.value:
+        if name.startswith('jax'):
+          check_resumable(os.path.join(workroot, f'{name}_{seed}'), steps)
     splits = (export_data.read_npz(_DATA_NPZ.value) if _DATA_NPZ.value
               else export_data.read_splits(config))
   except config_lib.ConfigError as e:
@@ -174,7 +212,6 @@ def main(argv):
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  workroot = tempfile.mkdtemp(prefix='runs_', dir=_OUT_DIR.value)
   record = {
       'benchmark': 'compare_accuracy', 'command': ' '.join(['python', '-m',
                                                             'benchmarks.compare_accuracy']

@@ -82,6 +82,25 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   assert f"{100 * runs[0]['test_error']:.2f} ± 0.00 %" in table
 
 
+def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
+  """A run stopped after its first curve point and run again ends where an uninterrupted
+  run ends; points already recorded are read back, not trained again."""
+  config = tiny_config(num_steps=4)
+  data = export_data.semi_supervised_data(config, synthetic_splits())
+  workdir = str(tmp_path / 'runs' / 'resumed')
+  whole = compare_accuracy.run_jax(config, data, [2, 4], str(tmp_path / 'runs' / 'whole'))
+  compare_accuracy.run_jax(config, data, [2], workdir)
+  compare_accuracy.check_resumable(workdir, [2, 4])
+  resumed = compare_accuracy.run_jax(config, data, [2, 4], workdir)
+  assert [p[:2] for p in resumed['curve']] == [p[:2] for p in whole['curve']]
+  monkeypatch.setattr(compare_accuracy.train, 'train_and_evaluate', None)  # must not be called
+  again = compare_accuracy.run_jax(config, data, [2, 4], workdir)
+  assert again['curve'] == resumed['curve']
+  with pytest.raises(ConfigError, match=f'--out_dir={tmp_path}: its run resumed has curve '
+                     r'points \[2, 4\], not the first of \[1, 2, 3, 4\]'):
+    compare_accuracy.check_resumable(workdir, [1, 2, 3, 4])
+
+
 def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
   """The GPU machine has neither TensorFlow nor TFDS: training reads the export, writes
   metrics.jsonl (with steps/s) and logs its scalars instead of writing TensorBoard events."""
@@ -94,7 +113,7 @@ def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
   assert 'No TensorBoard events' in result.stderr
   record = json.loads((out_dir / 'compare_accuracy.json').read_text())
   assert [r['run'] for r in record['runs']] == ['jax_ssl', 'torch_ssl']
-  [workdir] = out_dir.glob('runs_*/jax_ssl_0')
+  [workdir] = out_dir.glob('runs/jax_ssl_0')
   metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [m['step'] for m in metrics if 'steps_per_sec' in m] == [1, 2]
   assert all(m['steps_per_sec'] > 0 for m in metrics if 'steps_per_sec' in m)
