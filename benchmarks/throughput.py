@@ -58,8 +58,8 @@ _TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch reference o
 _PROFILE = flags.DEFINE_integer(
     'profile_top', 0, 'After timing, trace --steps more steps of each case with jax.profiler '
     '(a Perfetto trace under --out_dir) and report its N slowest XLA ops; 0: no profile.')
-_MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 matmul that measures '
-                                    "the device's peak (0: 8192, or 1024 on CPU).")
+_MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 and f32 matmuls that '
+                                    "measure the device's peak (0: 8192, or 1024 on CPU).")
 _OUT_DIR = flags.DEFINE_string('out_dir', os.path.join(REPO, 'benchmarks', 'results'),
                                'Folder for throughput.jsonl and throughput.md.')
 _NAME = flags.DEFINE_string('name', 'throughput', 'Base name of the output files.')
@@ -219,7 +219,7 @@ def interleaved(cases: list) -> None:
       case.time(_STEPS.value)
 
 
-def matmul_peak(dtype=jnp.bfloat16) -> dict:
+def matmul_peak(dtype) -> dict:
   """Measured FLOP/s of a square matmul on the first device (median of 10 after warm-up)."""
   n = _MATMUL_SIZE.value or (1024 if jax.devices()[0].platform == 'cpu' else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -235,8 +235,11 @@ def matmul_peak(dtype=jnp.bfloat16) -> dict:
           'flops_per_s': 2 * n**3 / statistics.median(times)}
 
 
-def torch_records(case: Case, jax_steps_per_s: float) -> list:
-  """The PyTorch reference on the same device and batches, eager and compiled."""
+def torch_records(case: Case, jax_record: dict) -> list:
+  """The PyTorch reference on the same device and batches, eager and compiled.
+
+  Its achieved FLOP/s are counted with XLA's FLOPs for the JAX step (the same arithmetic).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks.torch_reference.train import TorchTrainer  # pylint: disable=g-import-not-at-top
   platform_name = case.devices[0].platform
@@ -267,7 +270,9 @@ def torch_records(case: Case, jax_steps_per_s: float) -> list:
         sync()
         timings.append(_STEPS.value / (time.perf_counter() - start))
       record.update(steps_per_s=statistics.median(timings), steps_per_s_repeats=timings)
-      record['jax_over_torch'] = jax_steps_per_s / record['steps_per_s']
+      record['jax_over_torch'] = jax_record['steps_per_s'] / record['steps_per_s']
+      record['achieved_flops_per_s'] = (jax_record['flops_per_step'] and
+                                        jax_record['flops_per_step'] * record['steps_per_s'])
     except Exception as e:  # torch.compile fails on some platforms; say so and go on.
       record['error'] = f'{type(e).__name__}: {str(e).strip()[:300]}'
     records.append(record)
@@ -315,21 +320,31 @@ def markdown(header: dict, records: list) -> str:
         f"| {_fmt(r['flops_per_step'] and r['flops_per_step'] / 1e9)} "
         f"| {_fmt(r['bytes_per_step'] and r['bytes_per_step'] / 1e6)} "
         f"| {_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e12)} | {fraction} |")
-  matmul = next((r for r in records if r['kind'] == 'matmul_peak'), None)
-  if matmul:
+  matmuls = {r['dtype']: r for r in records if r['kind'] == 'matmul_peak'}
+
+  def of_matmul(flops_per_s, dtype: str, num_devices: int = 1) -> str:
+    matmul = matmuls.get(dtype)
+    if not flops_per_s or not matmul:
+      return 'n/a'
+    return f"{100 * flops_per_s / (matmul['flops_per_s'] * num_devices):.1f} %"
+
+  for matmul in matmuls.values():
     out += ['', f"Measured {matmul['dtype']} matmul ({matmul['n']}^3): "
             f"{matmul['flops_per_s'] / 1e12:.3g} TFLOP/s."]
-    big = [r for r in jax_rows if r['model'] != 'mlp' and r['achieved_flops_per_s']]
-    for r in big:
-      out.append(f"- {r['model']} batch {r['global_batch']} ({r['variant'] or 'default'}): "
-                 f"{100 * r['achieved_flops_per_s'] / (matmul['flops_per_s'] * r['num_devices']):.1f}"
-                 ' % of the measured matmul rate')
+  big = [r for r in jax_rows if r['model'] != 'mlp' and r['achieved_flops_per_s']]
+  for r in big:
+    out.append(f"- {r['model']} batch {r['global_batch']} ({r['variant'] or 'default'}): "
+               f"{of_matmul(r['achieved_flops_per_s'], r['compute_dtype'], r['num_devices'])}"
+               f" of the measured {r['compute_dtype']} matmul rate")
   torch_rows = [r for r in records if r['kind'] == 'torch']
   if torch_rows:
-    out += ['', '| model | batch | torch mode | torch steps/s | JAX/torch |', '|---|---|---|---|---|']
+    out += ['', '| model | batch | torch mode | torch steps/s | JAX/torch | torch TFLOP/s '
+            '(XLA count) | of the measured float32 matmul rate |', '|---|---|---|---|---|---|---|']
     for r in torch_rows:
-      result = (f"{r['steps_per_s']:.2f} | {r['jax_over_torch']:.2f}x" if 'steps_per_s' in r
-                else f"{r.get('error') or r.get('note')} | n/a")
+      result = (f"{r['steps_per_s']:.2f} | {r['jax_over_torch']:.2f}x | "
+                f"{_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e12)} | "
+                f"{of_matmul(r['achieved_flops_per_s'], 'float32')}" if 'steps_per_s' in r
+                else f"{r.get('error') or r.get('note')} | n/a | n/a | n/a")
       out.append(f"| {r['model']} | {r['global_batch']} | {r.get('mode', 'n/a')} | {result} |")
   scaling = scaling_rows(jax_rows)
   if scaling:
@@ -412,14 +427,14 @@ def main(argv):
       for case in cases:
         new = [case.record()]
         if _TORCH.value and len(case.devices) == 1 and case.variant == _VARIANTS.value[0]:
-          new += torch_records(case, new[0]['steps_per_s'])
+          new += torch_records(case, new[0])
         if _PROFILE.value:
           new.append(profile(case, os.path.join(_OUT_DIR.value, f'{_NAME.value}_traces'),
                              _PROFILE.value))
         emit(new)
         records += new
       del cases
-  new = [matmul_peak()]
+  new = [matmul_peak(jnp.bfloat16), matmul_peak(jnp.float32)]
   projected = {(r['model'], r['global_batch'], r['compute_dtype']): r for r in records
                if r['kind'] == 'jax' and r['num_devices'] == 1}
   new += [p for r in projected.values() for p in roofline(r)]

@@ -1,7 +1,9 @@
 """benchmarks/throughput.py runs without TensorFlow and writes its JSON lines and table."""
 import json
+import subprocess
+import sys
 
-from without_tensorflow import run_module
+from without_tensorflow import REPO, run_module
 
 
 def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_path):
@@ -19,7 +21,9 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
   assert row['steps_per_s'] > 0 and row['images_per_s'] == 4 * row['steps_per_s']
   assert row['compile_s'] > 0 and row['flops_per_step'] > 1e6 and row['bytes_per_step'] > 0
   assert row['fraction_of_peak'] is None and 'unknown device' in row['peak_note']
-  assert rows['matmul_peak']['flops_per_s'] > 0
+  matmuls = [r for r in records if r['kind'] == 'matmul_peak']
+  assert [m['dtype'] for m in matmuls] == ['bfloat16', 'float32']
+  assert all(m['flops_per_s'] > 0 for m in matmuls)
   assert rows['roofline_projection']['steps_per_s'] > 0
   ops = rows['profile']['top_ops']
   assert len(ops) == 3 and all(op['ms_per_step'] > 0 and op['shape'] for op in ops)
@@ -28,3 +32,37 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
   table = (tmp_path / 'throughput.md').read_text()
   assert '| mlp | 4 | 1 | default |' in table and 'PROJECTION, not a measurement' in table
   assert f"| {ops[0]['name']} | " in table
+
+
+_MARKDOWN_OF_RECORDS = """
+import json, sys
+from benchmarks import throughput
+print(throughput.markdown(*json.loads(sys.argv[1])))
+"""
+
+
+def test_rates_are_compared_with_the_matmul_of_their_dtype():
+  """Each step's FLOP/s against the measured matmul rate of its compute dtype; torch's (by
+  XLA's FLOP count of the same step) against the float32 one."""
+  header = {'num_local_devices': 1, 'device_kind': 'cpu', 'platform': 'cpu', 'jax': '0',
+            'jaxlib': '0', 'date': 'today', 'command': 'python -m benchmarks.throughput'}
+  jax_row = {'kind': 'jax', 'model': 'conv_small', 'global_batch': 100, 'num_devices': 1,
+             'variant': '', 'compile_s': 1.0, 'steps_per_s': 0.2, 'images_per_s': 20.0,
+             'flops_per_step': 4e11, 'bytes_per_step': 1e10, 'achieved_flops_per_s': 8e10,
+             'fraction_of_peak': None, 'peak_note': 'unknown', 'compute_dtype': 'float32'}
+  records = [jax_row,
+             {**jax_row, 'variant': 'compute_dtype=bfloat16', 'compute_dtype': 'bfloat16'},
+             {'kind': 'torch', 'model': 'conv_small', 'global_batch': 100, 'mode': 'eager',
+              'steps_per_s': 0.25, 'jax_over_torch': 0.8, 'achieved_flops_per_s': 1e11},
+             {'kind': 'matmul_peak', 'dtype': 'bfloat16', 'n': 1024, 'flops_per_s': 3.2e11},
+             {'kind': 'matmul_peak', 'dtype': 'float32', 'n': 1024, 'flops_per_s': 2e11}]
+  result = subprocess.run([sys.executable, '-c', _MARKDOWN_OF_RECORDS,
+                           json.dumps([header, records])],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = result.stdout
+  assert ('- conv_small batch 100 (default): 40.0 % of the measured float32 matmul rate'
+          in table)
+  assert ('- conv_small batch 100 (compute_dtype=bfloat16): 25.0 % of the measured bfloat16 '
+          'matmul rate' in table)
+  assert '| conv_small | 100 | eager | 0.25 | 0.80x | 0.1 | 50.0 % |' in table
