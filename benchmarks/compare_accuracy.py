@@ -180,7 +180,11 @@ def merge(out_dirs: list[str]) -> dict:
   """One record holding the runs of several records (e.g. one process per label seed)."""
   records = []
   for out_dir in out_dirs:
-    with open(os.path.join(out_dir, 'compare_accuracy.json')) as f:
+    path = os.path.join(out_dir, 'compare_accuracy.json')
+    if not os.path.exists(path):
+      raise config_lib.ConfigError('merge', ','.join(out_dirs),
+                                   f'{path} does not exist (no run there has finished)')
+    with open(path) as f:
       records.append(json.load(f))
   return {**records[0], 'command': [r['command'] for r in records],
           'runs': [run for r in records for run in r['runs']]}
@@ -189,11 +193,11 @@ def merge(out_dirs: list[str]) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if _MERGE.value:
-    print(write(merge(_MERGE.value), _OUT_DIR.value))
-    return
   config = ssgan_main.config_from_flags()
   try:
+    if _MERGE.value:
+      print(write(merge(_MERGE.value), _OUT_DIR.value))
+      return
     config_lib.validate(config)
     steps = curve_steps(config, _CURVE_POINTS.value)
     unknown = set(_RUNS.value) - set(RUNS)

@@ -80,6 +80,9 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   assert merged['command'] == ['run 0', 'run 1']
   assert '| jax_ssl | 2 | 0 |' in table and '| torch_supervised | 2 | 0 |' in table
   assert f"{100 * runs[0]['test_error']:.2f} ± 0.00 %" in table
+  with pytest.raises(ConfigError, match=f'--merge={tmp_path / "0"},{tmp_path / "2"}: '
+                     f'{tmp_path / "2" / "compare_accuracy.json"} does not exist'):
+    compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '2')])
 
 
 def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
