@@ -75,7 +75,7 @@ def test_minibatch_layer_compares_examples_only_within_their_group():
   apply = jax.jit(layer.apply, static_argnames='group_size')
   together = apply(variables, jnp.concatenate([x_a, x_b]), group_size=5)
   alone = jnp.concatenate([apply(variables, x_a), apply(variables, x_b)])
-  np.testing.assert_allclose(together, alone, rtol=1e-6)
+  np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(together[:, :6], jnp.concatenate([x_a, x_b]))
   # Data-dependent init: the init batch's similarity features start at zero mean.
   np.testing.assert_allclose(jnp.mean(apply(variables, x_a)[:, 6:], 0), 0, atol=1e-6)
