@@ -130,7 +130,11 @@ def run_torch(config, data, steps: list[int], device: str) -> dict:
 
 
 def mean_std(values) -> str:
-  return f'{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f} %'
+  """Mean ± sample standard deviation (n - 1), in percent, as the other benchmarks report
+  it; one value has no spread."""
+  if len(values) == 1:
+    return f'{100 * values[0]:.2f} %'
+  return f'{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} %'
 
 
 def per_seed(runs) -> str:

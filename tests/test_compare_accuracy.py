@@ -62,6 +62,11 @@ def test_curve_steps():
     compare_accuracy.curve_steps(tiny_config(lr_decay_fraction=0.5), 2)
 
 
+def test_spread_is_the_sample_standard_deviation():
+  assert compare_accuracy.mean_std([0.01, 0.02]) == '1.50 ± 0.71 %'
+  assert compare_accuracy.mean_std([0.0082]) == '0.82 %'
+
+
 def test_jax_and_torch_runs_make_one_table(tmp_path):
   config = tiny_config()
   data = export_data.semi_supervised_data(config, synthetic_splits())
@@ -79,7 +84,7 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   table = compare_accuracy.markdown(merged)
   assert merged['command'] == ['run 0', 'run 1']
   assert '| jax_ssl | 2 | 0 |' in table and '| torch_supervised | 2 | 0 |' in table
-  assert f"{100 * runs[0]['test_error']:.2f} ± 0.00 %" in table
+  assert f"| 0 | {100 * runs[0]['test_error']:.2f} % |" in table
   with pytest.raises(ConfigError, match=f'--merge={tmp_path / "0"},{tmp_path / "2"}: '
                      f'{tmp_path / "2" / "compare_accuracy.json"} does not exist'):
     compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '2')])
