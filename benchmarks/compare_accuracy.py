@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks import export_data
+from benchmarks.spread import mean_std
 from benchmarks.torch_reference.train import TorchTrainer
 from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline
@@ -129,14 +130,6 @@ def run_torch(config, data, steps: list[int], device: str) -> dict:
           'wall_seconds': round(time.time() - start, 2), 'curve': curve}
 
 
-def mean_std(values) -> str:
-  """Mean ± sample standard deviation (n - 1), in percent, as the other benchmarks report
-  it; one value has no spread."""
-  if len(values) == 1:
-    return f'{100 * values[0]:.2f} %'
-  return f'{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} %'
-
-
 def per_seed(runs) -> str:
   return ', '.join(f'{100 * r["test_error"]:.2f}' for r in runs)
 
@@ -151,9 +144,9 @@ def markdown(record: dict) -> str:
   for name, runs in by_run.items():
     rows.append(f"| {name} | {record['config']['num_steps']} | "
                 f"{', '.join(str(r['label_seed']) for r in runs)} | "
-                f"{mean_std([r['test_error'] for r in runs])} | "
+                f"{mean_std([100 * r['test_error'] for r in runs])} | "
                 f"{per_seed(runs)} | "
-                f"{mean_std([r['test_error_raw'] for r in runs])} | "
+                f"{mean_std([100 * r['test_error_raw'] for r in runs])} | "
                 f"{np.mean([r['wall_seconds'] for r in runs]):.0f} |")
   rows += ['', '| step | ' + ' | '.join(f'{n} test error (wall s)' for n in by_run) + ' |',
            '|---|' + '---|' * len(by_run)]

@@ -19,6 +19,7 @@ from ssgan_jax import main as ssgan_main
 from ssgan_jax import train
 
 from run_environment import run_environment
+from spread import mean_std
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
@@ -54,7 +55,7 @@ def markdown(record: dict) -> str:
   for (dataset, selection), runs in groups.items():
     acc = 100 * np.array([r['test_accuracy'] for r in runs])
     rows.append(f"| {dataset} | {runs[0]['num_labeled']} | {runs[0]['num_steps']} | {selection} | "
-                f"{acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.2f} % | "
+                f"{mean_std(acc)} | "
                 + ', '.join(f'{a:.2f}' for a in acc)
                 + f" | {np.mean([r['wall_seconds'] for r in runs]):.0f} |")
   return '\n'.join(rows) + '\n'

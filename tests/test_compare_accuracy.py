@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from benchmarks import compare_accuracy, export_data
+from benchmarks import compare_accuracy, export_data, spread
 from ssgan_jax import input_pipeline
 from ssgan_jax.config import Config, ConfigError
 from without_tensorflow import run_module
@@ -63,8 +63,8 @@ def test_curve_steps():
 
 
 def test_spread_is_the_sample_standard_deviation():
-  assert compare_accuracy.mean_std([0.01, 0.02]) == '1.50 ± 0.71 %'
-  assert compare_accuracy.mean_std([0.0082]) == '0.82 %'
+  assert spread.mean_std([1.0, 2.0]) == '1.50 ± 0.71 %'
+  assert spread.mean_std([0.82]) == '0.82 %'
 
 
 def test_jax_and_torch_runs_make_one_table(tmp_path):
