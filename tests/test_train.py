@@ -1,6 +1,7 @@
 """The train step on fixed batches, and whole runs through train_and_evaluate on mock data."""
 import functools
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,19 @@ def test_cifar10_flagfile_builds_its_train_state():
       lambda: setup.disc.apply({'params': state.disc_params, **state.disc_constants},
                                jnp.zeros((2, 32, 32, 3))))
   assert outputs.shape == (2, 10)
+
+
+@pytest.mark.parametrize('flagfile, train_images, epochs', [
+    ('mnist.flags', 60000, 300), ('svhn.flags', 73257, 900), ('cifar10.flags', 50000, 1200)])
+def test_flagfile_header_gives_the_reference_scripts_data_and_steps(flagfile, train_images,
+                                                                    epochs):
+  # openai/improved-gan trains on every training image for this many epochs, no validation.
+  header = (REPO / 'experiments' / flagfile).read_text()
+  overrides = re.search(r'add (--num_validation=0 --num_steps=\d+)', header.replace('\n# ', ' '))
+  config, _ = ssgan_main.parse_config(
+      [f'--flagfile={REPO / "experiments" / flagfile}', *overrides.group(1).split()])
+  config_lib.validate(config)
+  assert config.num_steps == epochs * (train_images // config.batch_size)
 
 
 def test_non_finite_metrics_stop_training_at_the_first_bad_step_with_the_loss():
