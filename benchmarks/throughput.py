@@ -122,14 +122,20 @@ class Case:
     self.compiled = self.trainer.fn.lower(
         *self.trainer.arguments(self.state, next(self.chunks))).compile()
     self.compile_s = time.perf_counter() - start
-    self.cost = cost_per_step(self.compiled if not self.trainer.scans else
-                              self._single_step_compiled(step_fn))
+    loops = (self.trainer.scans or
+             train.conv_algorithms(self.config).patch_kernel_gradient())
+    self.cost = cost_per_step(self._plain_step_compiled(info) if loops else self.compiled)
     self.timings = []
 
-  def _single_step_compiled(self, step_fn):
-    """The plain one-step program of the same setup (XLA counts a scan's body only once)."""
+  def _plain_step_compiled(self, info):
+    """The one-step program of the same arithmetic without loops: one step per call and XLA's
+    kernel gradients (XLA's cost analysis counts a loop's body once, and scanned steps and
+    kernel gradients by patches are loops)."""
+    config = self.config.replace(steps_per_dispatch=1, data_on_device=False,
+                                 conv_kernel_gradient='xla')
+    setup = train.Setup.create(config, info)
     plain = parallel.DataParallelTrainer(
-        step_fn, self.config.replace(steps_per_dispatch=1, data_on_device=False), self.data,
+        lambda state, batch: train.train_step(setup, state, batch), config, self.data,
         train.AXIS, self.devices)
     return plain.fn.lower(self.state, next(plain.chunks(0))).compile()
 

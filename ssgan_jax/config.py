@@ -3,7 +3,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssgan_jax import losses, models
+from ssgan_jax import convolutions, losses
 
 MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
@@ -54,6 +54,7 @@ class Config:
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
   conv_transpose: str = _field('subpixel', "How G's transposed convolutions are computed (the same function): subpixel (a stride-1 convolution, then depth to space) or dilated (lax.conv_transpose).")
+  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches on CPU, xla elsewhere).")
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
@@ -79,8 +80,8 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
-    'sample_every', 'quiet', 'parallel', 'conv_transpose', 'steps_per_dispatch', 'data_on_device',
-    'donate_state',
+    'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_kernel_gradient',
+    'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
 
@@ -107,7 +108,8 @@ def validate(config: Config) -> None:
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
-  _check_choice(config, 'conv_transpose', models.CONV_TRANSPOSE_ALGORITHMS)
+  _check_choice(config, 'conv_transpose', convolutions.CONV_TRANSPOSE_ALGORITHMS)
+  _check_choice(config, 'conv_kernel_gradient', convolutions.KERNEL_GRADIENTS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):
     _check_at_least(config, name, 1)

@@ -14,12 +14,15 @@ unit variance (data-dependent init, Salimans & Kingma 2016). As in the reference
 g is trained only in the output layers; elsewhere it stays at its initial value.
 """
 import dataclasses
+import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ssgan_jax import convolutions
+from ssgan_jax.convolutions import ConvAlgorithms
 
 # Kernel initialisers of the reference code: N(0, 0.1) in the MNIST discriminator, lasagne's
 # default Glorot uniform in the MNIST generator, N(0, 0.05) everywhere in the conv models.
@@ -73,74 +76,36 @@ def unit_kernel_output(layer: nn.Module, x: jax.Array) -> jax.Array:
   return y * jax.lax.rsqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))) + 1e-12)
 
 
-# How a transposed convolution is computed; both give the same function of the same kernel.
-CONV_TRANSPOSE_ALGORITHMS = ('subpixel', 'dilated')
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+class Conv(nn.Module):
+  """Bias-free square convolution: `nn.Conv`'s function, kernel and parameter name, computed
+  by `algorithms` (see `convolutions.conv`)."""
+  features: int
+  kernel_size: int
+  stride: int
+  padding: str
+  algorithms: ConvAlgorithms
 
-
-def subpixel_taps(kernel: int, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
-  """Where the kernel taps of a 'SAME' transposed convolution land, per output phase.
-
-  Output row o = stride * p + r reads input rows p + d only. Returns taps_SxM: the tap of
-  the (kernel-long) kernel that phase r applies at offset d = first_offset + m, or `kernel`
-  where it applies none; and the (before, after) zero padding of the input that covers
-  the offsets. The padding is lax.conv_transpose's 'SAME' padding of the dilated input.
-  """
-  pad_total = kernel + stride - 2
-  pad_before = kernel - 1 if stride > kernel - 1 else -(-pad_total // 2)
-  offsets = {(r, (r + t - pad_before) // stride): t
-             for r in range(stride) for t in range(kernel)
-             if (r + t - pad_before) % stride == 0}
-  first = min(d for _, d in offsets)
-  last = max(d for _, d in offsets)
-  taps_SxM = np.full((stride, last - first + 1), kernel)
-  for (r, d), t in offsets.items():
-    taps_SxM[r, d - first] = t
-  return taps_SxM, (-first, last)
-
-
-def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int,
-                        algorithm: str) -> jax.Array:
-  """`lax.conv_transpose(x, kernel, (stride, stride), 'SAME')`, Flax ConvTranspose's function.
-
-  'dilated' is that call: a convolution over the input with stride - 1 zeros between pixels.
-  'subpixel' convolves the input itself, with stride^2 sub-kernels side by side (one per
-  output phase, made of the taps that phase uses), then moves each phase's channels to its
-  pixels (depth to space). The arithmetic is the same up to float rounding; XLA:CPU runs
-  the dilated form and its kernel gradient through a slow path (benchmarks/RESULTS.md).
-  """
-  if algorithm == 'dilated':
-    return jax.lax.conv_transpose(x_BxHxWxC, kernel_KxKxCxF, (stride, stride), 'SAME',
-                                  dimension_numbers=_NHWC)
-  kernel, _, in_features, features = kernel_KxKxCxF.shape
-  taps_SxM, padding = subpixel_taps(kernel, stride)
-  window = taps_SxM.shape[1]
-  padded_kernel = jnp.pad(kernel_KxKxCxF, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap `kernel` = 0
-  sub_SxSxMxMxCxF = padded_kernel[taps_SxM[:, None, :, None], taps_SxM[None, :, None, :]]
-  sub_MxMxCxSSF = sub_SxSxMxMxCxF.transpose(2, 3, 4, 0, 1, 5).reshape(
-      window, window, in_features, stride * stride * features)
-  y_BxHxWxSSF = jax.lax.conv_general_dilated(x_BxHxWxC, sub_MxMxCxSSF, (1, 1),
-                                             (padding, padding), dimension_numbers=_NHWC)
-  batch, height, width, _ = y_BxHxWxSSF.shape
-  return (y_BxHxWxSSF.reshape(batch, height, width, stride, stride, features)
-          .transpose(0, 1, 3, 2, 4, 5)
-          .reshape(batch, height * stride, width * stride, features))
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _CONV_V_INIT,
+                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    return convolutions.conv(x, kernel, self.stride, self.padding, self.algorithms)
 
 
 class ConvTranspose(nn.Module):
   """Bias-free 'SAME' transposed convolution: `nn.ConvTranspose`'s function and kernel,
-  computed by `algorithm` (see `conv_transpose_same`)."""
+  computed by `algorithms` (see `convolutions.conv_transpose_same`)."""
   features: int
   kernel_size: int
   stride: int
-  algorithm: str
+  algorithms: ConvAlgorithms
   kernel_init: Callable = _CONV_V_INIT
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return conv_transpose_same(x, kernel, self.stride, self.algorithm)
+    return convolutions.conv_transpose_same(x, kernel, self.stride, self.algorithms)
 
 
 class WNDense(nn.Module):
@@ -157,22 +122,22 @@ class WNDense(nn.Module):
 
 
 class WNConv(nn.Module):
-  """Weight-normalised convolution; with `transpose` (an algorithm), a 'SAME' transposed one."""
+  """Weight-normalised convolution; with `transpose`, a 'SAME' transposed one."""
   features: int
+  algorithms: ConvAlgorithms
   kernel: int = 3
   stride: int = 1
   padding: str = 'SAME'
-  transpose: Optional[str] = None
+  transpose: bool = False
   init_scale: float = 1.0
   trainable_scale: bool = False
 
   @nn.compact
   def __call__(self, x):
     if self.transpose:
-      layer = ConvTranspose(self.features, self.kernel, self.stride, self.transpose)
+      layer = ConvTranspose(self.features, self.kernel, self.stride, self.algorithms)
     else:
-      layer = nn.Conv(self.features, (self.kernel,) * 2, strides=(self.stride,) * 2,
-                      padding=self.padding, use_bias=False, kernel_init=_CONV_V_INIT)
+      layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms)
     return ScaleBias(self.init_scale, self.trainable_scale)(unit_kernel_output(layer, x))
 
 
@@ -316,6 +281,7 @@ class ConvDiscriminator(nn.Module):
   """
   num_outputs: int
   widths: Sequence[int] = (96, 192)
+  algorithms: ConvAlgorithms = ConvAlgorithms()
   input_dropout: float = 0.2
   hidden_dropout: float = 0.5
   minibatch_kernels: int = 0
@@ -328,14 +294,15 @@ class ConvDiscriminator(nn.Module):
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
     h = noise.dropout(images_BxHxWxC, self.input_dropout)
+    conv = functools.partial(WNConv, algorithms=self.algorithms)
     for width in (narrow, wide):
-      h = lrelu(WNConv(width)(h))
-      h = lrelu(WNConv(width)(h))
-      h = lrelu(WNConv(width, stride=2)(h))
+      h = lrelu(conv(width)(h))
+      h = lrelu(conv(width)(h))
+      h = lrelu(conv(width, stride=2)(h))
       h = noise.dropout(h, self.hidden_dropout)
-    h = lrelu(WNConv(wide, padding='VALID')(h))
-    h = lrelu(WNConv(wide, kernel=1)(h))
-    h = lrelu(WNConv(wide, kernel=1)(h))
+    h = lrelu(conv(wide, padding='VALID')(h))
+    h = lrelu(conv(wide, kernel=1)(h))
+    h = lrelu(conv(wide, kernel=1)(h))
     features_BxF = h = jnp.mean(h, axis=(1, 2))
     if self.minibatch_kernels:
       h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, group_size)
@@ -347,7 +314,7 @@ class ConvDiscriminator(nn.Module):
 class ConvGenerator(nn.Module):
   """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh)."""
   image_shape: Sequence[int]
-  conv_transpose: str  # the transposed convolutions' algorithm, see `conv_transpose_same`
+  algorithms: ConvAlgorithms = ConvAlgorithms()
   axis_name: Optional[str] = None
 
   @nn.compact
@@ -357,9 +324,9 @@ class ConvGenerator(nn.Module):
     h = norm_relu(nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=_CONV_V_INIT)(z_BxZ))
     h = h.reshape((-1, 4, 4, 512))
     for width in (256, 128):
-      h = norm_relu(ConvTranspose(width, 5, 2, self.conv_transpose)(h))
-    return jnp.tanh(WNConv(self.image_shape[-1], kernel=5, stride=2, transpose=self.conv_transpose,
-                           init_scale=0.1, trainable_scale=True)(h))
+      h = norm_relu(ConvTranspose(width, 5, 2, self.algorithms)(h))
+    return jnp.tanh(WNConv(self.image_shape[-1], self.algorithms, kernel=5, stride=2,
+                           transpose=True, init_scale=0.1, trainable_scale=True)(h))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,9 +336,10 @@ class ModelFamily:
   `pixel_range=None` marks a family for real-valued vectors (such as 2-D points), which
   both networks take as they are.
   """
-  discriminator: Callable[[int], nn.Module]            # num_outputs -> D
-  # image shape, device axis, transposed-convolution algorithm -> G
-  generator: Callable[[Sequence[int], Optional[str], str], nn.Module]
+  # num_outputs[, convolution algorithms] -> D
+  discriminator: Callable[..., nn.Module]
+  # image shape, device axis[, convolution algorithms] -> G
+  generator: Callable[..., nn.Module]
   pixel_range: Optional[tuple[float, float]]
   supported_shape: Optional[tuple[int, int]]           # (H, W) the generator can make
 
@@ -385,22 +353,26 @@ class ModelFamily:
 
 MODEL_FAMILIES = {
     'mlp': ModelFamily(
-        discriminator=lambda n: MlpDiscriminator(n),
-        generator=lambda shape, axis, _: MlpGenerator(tuple(shape), axis_name=axis),
+        discriminator=lambda n, _=None: MlpDiscriminator(n),
+        generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), axis_name=axis),
         pixel_range=(0.0, 1.0), supported_shape=None),
     'conv_small': ModelFamily(
-        discriminator=lambda n: ConvDiscriminator(n, widths=(64, 128)),
-        generator=lambda shape, axis, algorithm: ConvGenerator(tuple(shape), algorithm, axis),
+        discriminator=lambda n, algorithms=ConvAlgorithms(): ConvDiscriminator(
+            n, widths=(64, 128), algorithms=algorithms),
+        generator=lambda shape, axis, algorithms=ConvAlgorithms(): ConvGenerator(
+            tuple(shape), algorithms, axis),
         pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
     'conv_large': ModelFamily(
-        discriminator=lambda n: ConvDiscriminator(n, widths=(96, 192)),
-        generator=lambda shape, axis, algorithm: ConvGenerator(tuple(shape), algorithm, axis),
+        discriminator=lambda n, algorithms=ConvAlgorithms(): ConvDiscriminator(
+            n, widths=(96, 192), algorithms=algorithms),
+        generator=lambda shape, axis, algorithms=ConvAlgorithms(): ConvGenerator(
+            tuple(shape), algorithms, axis),
         pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
     # Small MLPs for 2-D toy data (the rings demo); G's output is linear.
     'mlp_points': ModelFamily(
-        discriminator=lambda n: MlpDiscriminator(n, hidden=(100, 100, 100), input_noise=0.05,
+        discriminator=lambda n, _=None: MlpDiscriminator(n, hidden=(100, 100, 100), input_noise=0.05,
                                                  hidden_noise=0.3),
-        generator=lambda shape, axis, _: MlpGenerator(tuple(shape), hidden=(100, 100),
+        generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), hidden=(100, 100),
                                                    axis_name=axis, output_activation=lambda x: x),
         pixel_range=None, supported_shape=None),
 }

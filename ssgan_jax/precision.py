@@ -44,5 +44,5 @@ def with_compute_dtype(family: models.ModelFamily, dtype_name: str) -> models.Mo
   dtype = jnp.dtype(dtype_name)
   return dataclasses.replace(
       family,
-      discriminator=lambda n: ComputeIn(family.discriminator(n), dtype),
+      discriminator=lambda *args: ComputeIn(family.discriminator(*args), dtype),
       generator=lambda *args: ComputeIn(family.generator(*args), dtype))

@@ -19,8 +19,8 @@ import optax
 with epy.lazy_imports():
   from clu import metric_writers, parameter_overview
 
-from ssgan_jax import (checkpointing, input_pipeline, losses, models, multihost, parallel, plots,
-                       precision, progress)
+from ssgan_jax import (checkpointing, convolutions, input_pipeline, losses, models, multihost,
+                       parallel, plots, precision, progress)
 from ssgan_jax.config import Config, ConfigError, check_divisible_by_devices
 
 AXIS = 'batch'
@@ -69,7 +69,8 @@ class Setup:
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
-               disc=family.discriminator(info.num_classes + head.extra_outputs).clone(
+               disc=family.discriminator(info.num_classes + head.extra_outputs,
+                                         conv_algorithms(config)).clone(
                    minibatch_kernels=config.minibatch_kernels,
                    minibatch_kernel_dim=config.minibatch_kernel_dim),
                # The reference Adam adds its epsilon inside the square root.
@@ -86,7 +87,11 @@ class Setup:
     return self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name, self.config.conv_transpose)
+    return self.family.generator(self.image_shape, axis_name, conv_algorithms(self.config))
+
+
+def conv_algorithms(config: Config) -> convolutions.ConvAlgorithms:
+  return convolutions.ConvAlgorithms(config.conv_transpose, config.conv_kernel_gradient)
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import models
+from ssgan_jax import convolutions, models
 
 FAMILIES = ['mlp', 'conv_small', 'conv_large']
 IMAGE_SHAPE = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'conv_large': (32, 32, 3)}
@@ -77,7 +77,7 @@ def generator(family):
   Cached per module, so the conv families (same generator) share one.
   """
   return _init_generator(
-      models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None, 'subpixel'))
+      models.MODEL_FAMILIES[family].generator(IMAGE_SHAPE[family], None))
 
 
 @functools.cache
@@ -175,7 +175,7 @@ def test_generator_batch_norm_over_named_axis():
   two shards (vmap standing in for devices) gives the unsplit batch's images and stats."""
   _, variables, z, apply = generator('mlp')
   images, updates = apply(variables, z)
-  g = models.MODEL_FAMILIES['mlp'].generator(IMAGE_SHAPE['mlp'], 'batch', 'subpixel')
+  g = models.MODEL_FAMILIES['mlp'].generator(IMAGE_SHAPE['mlp'], 'batch')
   sharded = jax.jit(jax.vmap(
       lambda zs: g.apply(variables, zs, mutable=['batch_stats']), axis_name='batch'))
   images_s, updates_s = sharded(z.reshape(2, B_G // 2, -1))
@@ -427,39 +427,127 @@ def test_scale_pixels(family):
 
 
 # ---------------------------------------------------------------------------
-# 7. Transposed convolution algorithms.
+# 7. Convolution algorithms.
 
-@pytest.mark.parametrize('kernel,stride', [(5, 2), (4, 2), (3, 2), (2, 2), (1, 2), (5, 3),
-                                           (3, 1)])
-@pytest.mark.parametrize('algorithm', models.CONV_TRANSPOSE_ALGORITHMS)
-def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm):
-  """Both algorithms give nn.ConvTranspose's 'SAME' outputs and gradients, from the same
-  initial kernel, for odd and even kernels, strides below and above the kernel."""
-  ours = models.ConvTranspose(4, kernel, stride, algorithm)
-  flax_conv = flax.linen.ConvTranspose(4, (kernel, kernel), strides=(stride, stride),
-                                       padding='SAME', use_bias=False,
-                                       kernel_init=flax.linen.initializers.normal(0.05))
-  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
+def value_and_gradients(module, variables, x, cotangent):
+  """<module(x), cotangent> and its gradients for the variables and for x."""
+  loss = lambda v, x: jnp.vdot(module.apply(v, x), cotangent)
+  return jax.value_and_grad(loss, (0, 1))(variables, x)
+
+
+def assert_same_function(ours, flax_module, x, output_shape):
+  """Same initial kernel, same outputs, same gradients for the kernel and the input."""
   variables = ours.init(jax.random.key(1), x)
-  flax_variables = flax_conv.init(jax.random.key(1), x)
   np.testing.assert_array_equal(variables['params']['kernel'],
-                                flax_variables['params']['kernel'])
-  cotangent = jax.random.normal(jax.random.key(2), (2, 5 * stride, 6 * stride, 4))
-  loss = lambda module, v, x: jnp.vdot(module.apply(v, x), cotangent)
-  value, (grad_v, grad_x) = jax.value_and_grad(functools.partial(loss, ours), (0, 1))(
-      variables, x)
-  flax_value, (flax_grad_v, flax_grad_x) = jax.value_and_grad(
-      functools.partial(loss, flax_conv), (0, 1))(variables, x)
+                                flax_module.init(jax.random.key(1), x)['params']['kernel'])
+  cotangent = jax.random.normal(jax.random.key(2), output_shape)
+  value, (grad_v, grad_x) = value_and_gradients(ours, variables, x, cotangent)
+  flax_value, (flax_grad_v, flax_grad_x) = value_and_gradients(flax_module, variables, x,
+                                                               cotangent)
   np.testing.assert_allclose(value, flax_value, rtol=1e-5)
   np.testing.assert_allclose(grad_x, flax_grad_x, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad_v['params']['kernel'], flax_grad_v['params']['kernel'],
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kernel,stride', [(5, 2), (4, 2), (3, 2), (2, 2), (1, 2), (5, 3),
+                                           (3, 1)])
+@pytest.mark.parametrize('algorithm', convolutions.CONV_TRANSPOSE_ALGORITHMS)
+@pytest.mark.parametrize('kernel_gradient', ['patches', 'xla'])
+def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel_gradient):
+  """Every algorithm gives nn.ConvTranspose's 'SAME' outputs and gradients, from the same
+  initial kernel, for odd and even kernels, strides below and above the kernel."""
+  algorithms = convolutions.ConvAlgorithms(algorithm, kernel_gradient)
+  flax_conv = flax.linen.ConvTranspose(4, (kernel, kernel), strides=(stride, stride),
+                                       padding='SAME', use_bias=False,
+                                       kernel_init=flax.linen.initializers.normal(0.05))
+  assert_same_function(models.ConvTranspose(4, kernel, stride, algorithms), flax_conv,
+                       jax.random.normal(jax.random.key(0), (2, 5, 6, 3)),
+                       (2, 5 * stride, 6 * stride, 4))
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 'SAME'), (3, 2, 'SAME'),
+                                                   (3, 1, 'VALID'), (1, 1, 'SAME'),
+                                                   (4, 2, 'SAME'), (5, 3, 'VALID')])
+@pytest.mark.parametrize('kernel_gradient', ['patches', 'xla'])
+def test_conv_is_flax_conv(kernel, stride, padding, kernel_gradient):
+  """D's convolution gives nn.Conv's outputs and gradients with either kernel gradient."""
+  ours = models.Conv(4, kernel, stride, padding,
+                     convolutions.ConvAlgorithms(kernel_gradient=kernel_gradient))
+  flax_conv = flax.linen.Conv(4, (kernel, kernel), strides=(stride, stride), padding=padding,
+                              use_bias=False, kernel_init=flax.linen.initializers.normal(0.05))
+  x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
+  output_shape = jax.eval_shape(lambda x: flax_conv.init_with_output(jax.random.key(1), x)[0],
+                                x).shape
+  assert_same_function(ours, flax_conv, x, output_shape)
+
+
+@pytest.mark.parametrize('images_per_chunk', [1, 2, 3, 6])
+def test_kernel_gradient_by_patches_over_chunks(images_per_chunk):
+  """However the batch is chunked, the patches give XLA's kernel gradient (stride 2, uneven
+  'SAME' padding)."""
+  x = jax.random.normal(jax.random.key(0), (6, 9, 8, 5))
+  kernel = jax.random.normal(jax.random.key(1), (4, 4, 5, 7))
+  padding = ((1, 2), (1, 1))
+  conv = lambda k: jax.lax.conv_general_dilated(x, k, (2, 2), padding,
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  dy = jax.random.normal(jax.random.key(2), conv(kernel).shape)
+  (expected,) = jax.vjp(conv, kernel)[1](dy)
+  patch_bytes = dy.shape[1] * dy.shape[2] * 4 * 4 * 5 * 4
+  assert convolutions.images_per_chunk(6, patch_bytes, images_per_chunk * patch_bytes) == (
+      images_per_chunk)
+  grad = convolutions.kernel_gradient_by_patches(x, dy, 4, 2, padding,
+                                                 chunk_bytes=images_per_chunk * patch_bytes)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch,budget_images,expected', [(300, 6.8, 6), (300, 1000, 300),
+                                                          (7, 3, 1), (12, 0.5, 1), (100, 54, 50)])
+def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images, expected):
+  assert convolutions.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
+
+
+def test_auto_kernel_gradient_is_patches_on_cpu_only(monkeypatch):
+  assert convolutions.ConvAlgorithms(kernel_gradient='auto').patch_kernel_gradient()
+  assert not convolutions.ConvAlgorithms(kernel_gradient='xla').patch_kernel_gradient()
+  for backend, patches in (('cpu', True), ('gpu', False), ('tpu', False)):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
+
+
+def test_patch_kernel_gradients_give_xla_s_model_gradients():
+  """The gradients of D's outputs on G's images, for D's and G's parameters, are the same
+  with the kernel gradients by patches as with XLA's."""
+  family = models.MODEL_FAMILIES['conv_small']
+  z = jax.random.uniform(jax.random.key(0), (6, models.LATENT_DIM))
+  g, d = family.generator(IMAGE_SHAPE['conv_small'], None), family.discriminator(10)
+  g_variables = g.init(jax.random.key(1), z)
+  images, _ = g.apply(g_variables, z, mutable=['batch_stats'])
+  d_variables = d.init(jax.random.key(2), images)
+  logits_cotangent = jax.random.normal(jax.random.key(3), (6, 10))
+  features_cotangent = jax.random.normal(jax.random.key(4), (6, 128))
+  gradients = {}
+  for kernel_gradient in ('patches', 'xla'):
+    algorithms = convolutions.ConvAlgorithms(kernel_gradient=kernel_gradient)
+    g = family.generator(IMAGE_SHAPE['conv_small'], None, algorithms)
+    d = family.discriminator(10, algorithms)
+
+    def loss(g_params, d_params):
+      images, _ = g.apply({**g_variables, 'params': g_params}, z, mutable=['batch_stats'])
+      logits, features = d.apply({**d_variables, 'params': d_params}, images)
+      return jnp.vdot(logits, logits_cotangent) + jnp.vdot(features, features_cotangent)
+    gradients[kernel_gradient] = jax.jit(jax.grad(loss, (0, 1)))(g_variables['params'],
+                                                                 d_variables['params'])
+  for patches, xla in zip(jax.tree.leaves(gradients['patches']),
+                          jax.tree.leaves(gradients['xla'])):
+    assert np.max(np.abs(xla)) > 0
+    np.testing.assert_allclose(patches, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
+
+
 def test_generator_algorithms_give_the_same_images():
   _, variables, z, apply = generator('conv_small')
-  dilated = models.MODEL_FAMILIES['conv_small'].generator(IMAGE_SHAPE['conv_small'], None,
-                                                          'dilated')
+  dilated = models.MODEL_FAMILIES['conv_small'].generator(
+      IMAGE_SHAPE['conv_small'], None, convolutions.ConvAlgorithms(transpose='dilated'))
   images, _ = apply(variables, z)
   dilated_images, _ = jax.jit(functools.partial(dilated.apply, mutable=['batch_stats']))(
       variables, z)

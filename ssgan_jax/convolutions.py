@@ -1,0 +1,166 @@
+"""How the convolutions of the 32x32 models are computed: the same functions, other algorithms.
+
+Two choices, both measured in benchmarks/RESULTS.md:
+- transposed convolutions (G): 'subpixel' (a stride-1 convolution, then depth to space) or
+  'dilated' (`lax.conv_transpose`);
+- kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
+  output gradients, a batch chunk at a time); 'auto' is 'patches' on CPU and 'xla' elsewhere.
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CONV_TRANSPOSE_ALGORITHMS = ('subpixel', 'dilated')
+KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches
+# while they are multiplied, large enough to make that matmul efficient.
+PATCH_CHUNK_BYTES = 32 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvAlgorithms:
+  """The algorithms a model's convolutions use (see the module docstring)."""
+  transpose: str = 'subpixel'
+  kernel_gradient: str = 'auto'
+
+  def patch_kernel_gradient(self) -> bool:
+    if self.kernel_gradient == 'auto':
+      return jax.default_backend() == 'cpu'
+    return self.kernel_gradient == 'patches'
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding):
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxF, (stride, stride), padding,
+                                      dimension_numbers=_NHWC)
+
+
+def images_per_chunk(batch: int, bytes_per_image: int, budget: int = PATCH_CHUNK_BYTES) -> int:
+  """The largest divisor of `batch` whose images fit in `budget` bytes (at least 1)."""
+  fitting = max(1, budget // max(1, bytes_per_image))
+  return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
+
+
+def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: int,
+                               padding: Padding, chunk_bytes: int = PATCH_CHUNK_BYTES):
+  """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+
+  g[i, j, c, f] = sum over images and output pixels (p, q) of
+  x_padded[stride * p + i, stride * q + j, c] * dy[p, q, f]. For each chunk of images the
+  K*K shifted views of the padded input are laid side by side as a (pixels, K*K*C) patch
+  matrix and multiplied by dy's (pixels, F); chunks run one after another (lax.scan), so one
+  chunk's patches are in memory at a time. Returns the sum in float32.
+  """
+  batch, _, _, channels = x_BxHxWxC.shape
+  _, out_h, out_w, features = dy_BxPxQxF.shape
+  k = kernel_size
+  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+                         ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+  patch_bytes = out_h * out_w * k * k * channels * x_BxHxWxC.dtype.itemsize
+  chunk = images_per_chunk(batch, patch_bytes, chunk_bytes)
+
+  def add_chunk(grad_FxKKC, chunk_arrays):
+    xp_NxHxWxC, dy_NxPxQxF = chunk_arrays
+    shifted = [xp_NxHxWxC[:, i:i + stride * (out_h - 1) + 1:stride,
+                          j:j + stride * (out_w - 1) + 1:stride, :]
+               for i in range(k) for j in range(k)]
+    patches_RxKKC = jnp.concatenate(shifted, axis=-1).reshape(-1, k * k * channels)
+    return grad_FxKKC + jnp.matmul(dy_NxPxQxF.reshape(-1, features).T, patches_RxKKC,
+                                   preferred_element_type=jnp.float32), None
+
+  in_chunks = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
+  grad_FxKKC, _ = jax.lax.scan(add_chunk, jnp.zeros((features, k * k * channels), jnp.float32),
+                               (in_chunks(x_padded), in_chunks(dy_BxPxQxF)))
+  return grad_FxKKC.T.reshape(k, k, channels, features)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_with_patch_kernel_gradient(x_BxHxWxC, kernel_KxKxCxF, stride, padding):
+  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+
+
+def _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding):
+  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding), (x_BxHxWxC, kernel_KxKxCxF)
+
+
+def _conv_backward(stride, padding, residuals, dy_BxPxQxF):
+  x_BxHxWxC, kernel_KxKxCxF = residuals
+  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel_KxKxCxF, stride, padding), x_BxHxWxC)
+  (dx_BxHxWxC,) = input_vjp(dy_BxPxQxF)
+  dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_KxKxCxF.shape[0], stride,
+                                       padding)
+  return dx_BxHxWxC, dkernel.astype(kernel_KxKxCxF.dtype)
+
+
+_conv_with_patch_kernel_gradient.defvjp(_conv_forward, _conv_backward)
+
+
+def conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int, padding,
+         algorithms: ConvAlgorithms) -> jax.Array:
+  """`lax.conv_general_dilated` of NHWC images with a square HWIO kernel.
+
+  `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value and the input
+  gradient are XLA's; the kernel gradient is computed as `algorithms` says.
+  """
+  size = kernel_KxKxCxF.shape[0]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (size, size), (stride, stride),
+                                      padding)
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if algorithms.patch_kernel_gradient():
+    return _conv_with_patch_kernel_gradient(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+
+
+def subpixel_taps(kernel: int, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """Where the kernel taps of a 'SAME' transposed convolution land, per output phase.
+
+  Output row o = stride * p + r reads input rows p + d only. Returns taps_SxM: the tap of
+  the (kernel-long) kernel that phase r applies at offset d = first_offset + m, or `kernel`
+  where it applies none; and the (before, after) zero padding of the input that covers
+  the offsets. The padding is lax.conv_transpose's 'SAME' padding of the dilated input.
+  """
+  pad_total = kernel + stride - 2
+  pad_before = kernel - 1 if stride > kernel - 1 else -(-pad_total // 2)
+  offsets = {(r, (r + t - pad_before) // stride): t
+             for r in range(stride) for t in range(kernel)
+             if (r + t - pad_before) % stride == 0}
+  first = min(d for _, d in offsets)
+  last = max(d for _, d in offsets)
+  taps_SxM = np.full((stride, last - first + 1), kernel)
+  for (r, d), t in offsets.items():
+    taps_SxM[r, d - first] = t
+  return taps_SxM, (-first, last)
+
+
+def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int,
+                        algorithms: ConvAlgorithms) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (stride, stride), 'SAME')`, Flax ConvTranspose's function.
+
+  'dilated' is that call: a convolution over the input with stride - 1 zeros between pixels.
+  'subpixel' convolves the input itself, with stride^2 sub-kernels side by side (one per
+  output phase, made of the taps that phase uses), then moves each phase's channels to its
+  pixels (depth to space). The arithmetic is the same up to float rounding; XLA:CPU runs
+  the dilated form and its kernel gradient through a slow path (benchmarks/RESULTS.md).
+  """
+  if algorithms.transpose == 'dilated':
+    return jax.lax.conv_transpose(x_BxHxWxC, kernel_KxKxCxF, (stride, stride), 'SAME',
+                                  dimension_numbers=_NHWC)
+  kernel, _, in_features, features = kernel_KxKxCxF.shape
+  taps_SxM, padding = subpixel_taps(kernel, stride)
+  window = taps_SxM.shape[1]
+  padded_kernel = jnp.pad(kernel_KxKxCxF, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap `kernel` = 0
+  sub_SxSxMxMxCxF = padded_kernel[taps_SxM[:, None, :, None], taps_SxM[None, :, None, :]]
+  sub_MxMxCxSSF = sub_SxSxMxMxCxF.transpose(2, 3, 4, 0, 1, 5).reshape(
+      window, window, in_features, stride * stride * features)
+  y_BxHxWxSSF = conv(x_BxHxWxC, sub_MxMxCxSSF, 1, (padding, padding), algorithms)
+  batch, height, width, _ = y_BxHxWxSSF.shape
+  return (y_BxHxWxSSF.reshape(batch, height, width, stride, stride, features)
+          .transpose(0, 1, 3, 2, 4, 5)
+          .reshape(batch, height * stride, width * stride, features))
