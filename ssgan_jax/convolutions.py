@@ -28,6 +28,7 @@ class ConvAlgorithms:
   kernel_gradient: str = 'auto'
 
   def patch_kernel_gradient(self) -> bool:
+    """Whether kernel gradients come from patches ('auto': on JAX's default backend)."""
     if self.kernel_gradient == 'auto':
       return jax.default_backend() == 'cpu'
     return self.kernel_gradient == 'patches'

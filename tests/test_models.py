@@ -501,6 +501,19 @@ def test_kernel_gradient_by_patches_over_chunks(images_per_chunk):
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_gradient_by_patches_sums_bfloat16_in_float32():
+  """bfloat16 inputs: the float32 kernel gradient of the same (rounded) values."""
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16)).astype(jnp.bfloat16)
+  dy = jax.random.normal(jax.random.key(1), (4, 8, 8, 8)).astype(jnp.bfloat16)
+  padding = ((1, 1), (1, 1))
+  conv = lambda k: jax.lax.conv_general_dilated(x.astype(jnp.float32), k, (1, 1), padding,
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  (expected,) = jax.vjp(conv, jnp.zeros((3, 3, 16, 8)))[1](dy.astype(jnp.float32))
+  grad = convolutions.kernel_gradient_by_patches(x, dy, 3, 1, padding, chunk_bytes=1)
+  assert grad.dtype == jnp.float32
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('batch,budget_images,expected', [(300, 6.8, 6), (300, 1000, 300),
                                                           (7, 3, 1), (12, 0.5, 1), (100, 54, 50)])
 def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images, expected):
