@@ -1,7 +1,9 @@
-"""Shared fixtures, and one XLA compilation cache for the whole session.
+"""Shared fixtures, one XLA compilation cache for the whole session, and fast compiles.
 
-The cache is set in the environment before jax is imported, so the command-line runs that the
-tests start as subprocesses share it: the same train step is compiled once, not once per run.
+Both are set in the environment before jax is imported, so the command-line runs that the
+tests start as subprocesses share them: the same train step is compiled once, not once per
+run, and without XLA:CPU's LLVM optimisations, which take about a third of a test's compile
+time (the tests check results, not speed; benchmarks/ runs at XLA's default level).
 """
 import atexit
 import os
@@ -17,6 +19,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+
+
+def devices_env(count: int) -> dict:
+  """The environment change that gives a subprocess `count` CPU devices (and the tests' flags)."""
+  return {'XLA_FLAGS': f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"}
 
 
 @pytest.fixture(scope='session')

@@ -6,7 +6,8 @@ Run by tests/test_parallel.py in a subprocess: the devices must be requested bef
 """
 import os
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=4')
 
 import functools  # pylint: disable=g-import-not-at-top
 import json

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import devices_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_FLAGS = REPO / 'experiments' / 'tiny.flags'
 
@@ -105,7 +107,7 @@ def test_bad_flags_exit_2_with_one_line(args, expected, tmp_path):
 def test_bad_settings_for_the_data_or_devices_exit_2(args, expected, tmp_path, mnist_data_dir):
   workdir = tmp_path / 'run'
   result = run_main(f'--workdir={workdir}', f'--data_dir={mnist_data_dir}', *args,
-                    env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+                    env_extra=devices_env(4))
   assert result.returncode == 2, result.stderr[-3000:]
   [line] = error_lines(result)
   assert expected in line

@@ -23,10 +23,11 @@ from ssgan_jax import checkpointing, multihost, preemption, train
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import Config, ConfigError
+from conftest import devices_env
 from test_main import REPO, TINY_FLAGS, error_lines, listing, run_main
 from test_train import MNIST_INFO, tiny_config
 
-FOUR_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+FOUR_DEVICES = devices_env(4)
 NUM_STEPS = 40
 MULTIHOST_STEPS = 5
 
@@ -139,36 +140,16 @@ def two_processes(log_dir: pathlib.Path, *args) -> list[Main]:
   port = free_port()
   return [Main(log_dir / f'process{i}', *args, f'--coordinator_address=localhost:{port}',
                '--num_processes=2', f'--process_id={i}',
-               env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+               env_extra=devices_env(2))
           for i in range(2)]
 
 
-def test_two_processes_with_two_devices_each_train_like_one_process_with_four(
+def test_two_processes_stop_together_on_sigterm_resume_and_train_like_one_with_four_devices(
     reference, mnist_data_dir, tmp_path):
   reference_dir, config = reference
   workdir = tmp_path / 'two_hosts'
-  processes = two_processes(tmp_path, f'--data_dir={mnist_data_dir}',
-                            f'--num_steps={MULTIHOST_STEPS}',
-                            f'--checkpoint_every={MULTIHOST_STEPS}', f'--workdir={workdir}')
-  for process in processes:
-    assert process.wait() == 0, process.stderr()[-3000:]
-  # One process writes the metrics: two writers would write each record twice.
-  records = (workdir / 'metrics.jsonl').read_text().splitlines()
-  assert len(records) == len(set(records)) and MULTIHOST_STEPS in logged_steps(workdir)
-  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
-  two_hosts = restored_state(workdir, config)
-  one_host = restored_state(reference_dir, config, step=MULTIHOST_STEPS)
-  assert int(two_hosts.step) == MULTIHOST_STEPS
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               two_hosts, one_host)
-
-
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_they_resume(
-    reference, mnist_data_dir, tmp_path):
-  _, config = reference
-  workdir = tmp_path / 'two_hosts'
   common = [f'--data_dir={mnist_data_dir}', f'--num_steps={NUM_STEPS}', f'--workdir={workdir}',
-            '--checkpoint_every=1000']
+            f'--checkpoint_every={MULTIHOST_STEPS}', '--keep_checkpoints=100']
   processes = two_processes(tmp_path / 'stopped', *common, '--log_every=1')
   processes[0].wait_until(lambda: any(s > 2 for s in logged_steps(workdir)), poll=0.01)
   # A preemption notice may reach one host first; jax's service tells the others.
@@ -185,6 +166,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_they_resume(
     assert process.wait() == 0, process.stderr()[-3000:]
   assert f'Resumed from step {stopped[0]["step"]}.' in resumed[0].stderr()
   assert int(restored_state(workdir, config).step) == NUM_STEPS
+  # One process writes the metrics and summaries: two writers would write each record twice.
+  records = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert len(records) == len(set(records)) and NUM_STEPS in logged_steps(workdir)
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 2  # one for each run
+  # Whether the stop came before it or not, two processes made this checkpoint.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               restored_state(workdir, config, step=MULTIHOST_STEPS),
+               restored_state(reference_dir, config, step=MULTIHOST_STEPS))
 
 
 @pytest.fixture(scope='module')
@@ -224,7 +213,11 @@ def corrupt_garble_config(checkpoint: pathlib.Path) -> None:
 
 # After a failed read, callbacks left inside Orbax fire on its closed asyncio loop; pytest
 # reports them as unraisable. They come after our error is raised and change nothing here.
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+AFTER_A_FAILED_READ = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+@AFTER_A_FAILED_READ
 @pytest.mark.parametrize('corrupt', [corrupt_truncate, corrupt_garble_config])
 def test_unreadable_checkpoint_is_reported_and_left_as_it_is(corrupt, diverged, tmp_path):
   source, config, _ = diverged
@@ -240,6 +233,7 @@ def test_unreadable_checkpoint_is_reported_and_left_as_it_is(corrupt, diverged, 
   assert listing(workdir) == before
 
 
+@AFTER_A_FAILED_READ
 @pytest.mark.parametrize('foreign', [{'mode': 'supervised'}, {'model': 'conv_small'}])
 def test_checkpoint_of_another_model_is_refused(foreign, diverged):
   workdir, config, _ = diverged
