@@ -220,7 +220,8 @@ def main(argv):
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes'),
       'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
       'jax': jax.__version__, 'jax_devices': f'{jax.local_device_count()} x '
-      f'{jax.devices()[0].device_kind}', 'torch': torch.__version__,
+      f'{jax.devices()[0].device_kind}', 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'torch': torch.__version__,
       'torch_device': _TORCH_DEVICE.value, 'torch_threads': torch.get_num_threads(),
       'config': dataclasses.asdict(config), 'runs': []}
   for seed in map(int, _LABEL_SEEDS.value):

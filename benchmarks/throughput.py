@@ -313,7 +313,8 @@ def markdown(header: dict, records: list) -> str:
   jax_rows = [r for r in records if r['kind'] == 'jax']
   out = [f"Device: {header['num_local_devices']} x {header['device_kind']} "
          f"({header['platform']}), jax {header['jax']}, jaxlib {header['jaxlib']}, "
-         f"{header['date']}. Command: `{header['command']}`", '',
+         f"{header['date']}, XLA_FLAGS `{header.get('xla_flags') or ''}`. "
+         f"Command: `{header['command']}`", '',
          '| model | batch | devices | variant | compile s | steps/s | images/s | GFLOP/step '
          '| MB/step | achieved TFLOP/s | fraction of peak |',
          '|---|---|---|---|---|---|---|---|---|---|---|']
@@ -408,6 +409,7 @@ def main(argv):
       'num_local_devices': len(devices), 'jax': jax.__version__,
       'jaxlib': importlib.metadata.version('jaxlib'),
       'host': platform.machine(), 'cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'repeats': _REPEATS.value,
       'skipped_device_counts': [c for c in counts if c > len(devices)],
   }

@@ -54,7 +54,7 @@ class Config:
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
   conv_transpose: str = _field('subpixel', "How G's transposed convolutions are computed (the same function): subpixel (a stride-1 convolution, then depth to space) or dilated (lax.conv_transpose).")
-  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches on CPU, xla elsewhere).")
+  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches where XLA:CPU runs convolutions with YNNPACK, which ssgan_jax turns off unless XLA_FLAGS chooses; xla elsewhere).")
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")

@@ -4,7 +4,8 @@ Two choices, both measured in benchmarks/RESULTS.md:
 - transposed convolutions (G): 'subpixel' (a stride-1 convolution, then depth to space) or
   'dilated' (`lax.conv_transpose`);
 - kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
-  output gradients, a batch chunk at a time); 'auto' is 'patches' on CPU and 'xla' elsewhere.
+  output gradients, a batch chunk at a time); 'auto' is 'patches' where XLA:CPU runs
+  convolutions with YNNPACK (see xla_cpu.py) and 'xla' elsewhere.
 """
 import dataclasses
 import functools
@@ -12,6 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ssgan_jax import xla_cpu
 
 CONV_TRANSPOSE_ALGORITHMS = ('subpixel', 'dilated')
 KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
@@ -30,7 +33,7 @@ class ConvAlgorithms:
   def patch_kernel_gradient(self) -> bool:
     """Whether kernel gradients come from patches ('auto': on JAX's default backend)."""
     if self.kernel_gradient == 'auto':
-      return jax.default_backend() == 'cpu'
+      return jax.default_backend() == 'cpu' and xla_cpu.ynnpack_convolutions()
     return self.kernel_gradient == 'patches'
 
 

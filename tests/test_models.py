@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import convolutions, models
+from ssgan_jax import convolutions, models, xla_cpu
 
 FAMILIES = ['mlp', 'conv_small', 'conv_large']
 IMAGE_SHAPE = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'conv_large': (32, 32, 3)}
@@ -393,7 +393,9 @@ def test_noise_depends_only_on_the_example_key(family):
   halves = [d_outputs(family, keys_seed=1, part=p) for p in (0, 1)]
   for i in range(2):        # logits, features
     joined = np.concatenate([halves[0][i], halves[1][i]])
-    np.testing.assert_allclose(joined, whole[i], rtol=1e-5, atol=1e-5)
+    # Products over 4 rows and over 8 round differently (XLA:CPU's Eigen kernels block by the
+    # row count); noise drawn from other keys would differ by far more than this.
+    np.testing.assert_allclose(joined, whole[i], rtol=1e-4, atol=1e-4)
 
 
 def test_example_noise_statistics():
@@ -520,12 +522,17 @@ def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images,
   assert convolutions.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
 
 
-def test_auto_kernel_gradient_is_patches_on_cpu_only(monkeypatch):
-  assert convolutions.ConvAlgorithms(kernel_gradient='auto').patch_kernel_gradient()
+@pytest.mark.parametrize('backend,xla_flags,patches', [
+    ('cpu', '', True),  # jaxlib's default: YNNPACK convolutions
+    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False),  # ssgan_jax's default
+    ('gpu', '', False), ('tpu', '', False)])
+def test_auto_kernel_gradient_is_patches_where_ynnpack_convolves_on_cpu(backend, xla_flags,
+                                                                        patches, monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  monkeypatch.setenv('XLA_FLAGS', xla_flags)
+  assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
+  assert convolutions.ConvAlgorithms(kernel_gradient='patches').patch_kernel_gradient()
   assert not convolutions.ConvAlgorithms(kernel_gradient='xla').patch_kernel_gradient()
-  for backend, patches in (('cpu', True), ('gpu', False), ('tpu', False)):
-    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-    assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
 
 
 def test_patch_kernel_gradients_give_xla_s_model_gradients():
