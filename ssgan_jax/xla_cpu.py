@@ -6,6 +6,7 @@ section 10), so importing ssgan_jax asks XLA for Eigen's, unless XLA_FLAGS alrea
 The choice is made once per process, when JAX starts its first backend: importing ssgan_jax
 after that changes nothing. Other backends ignore these flags.
 """
+import functools
 import importlib.metadata
 import os
 import re
@@ -16,6 +17,7 @@ EIGEN_CONVOLUTIONS_AND_DOTS = f'--{YNN_FUSIONS}=-individual_convolution,-individ
 FIRST_JAXLIB_WITH_YNN = (0, 10)
 
 
+@functools.cache
 def _jaxlib_version() -> tuple[int, ...]:
   return tuple(int(part) for part in re.findall(r'\d+', importlib.metadata.version('jaxlib'))[:2])
 
@@ -40,4 +42,4 @@ def ynnpack_convolutions(xla_flags: str | None = None) -> bool:
   entries = [entry for entry in values[-1].split(',') if entry]
   if entries and all(entry[0] in '+-' for entry in entries):
     return '-individual_convolution' not in entries
-  return 'individual_convolution' in entries or '+individual_convolution' in entries
+  return 'individual_convolution' in entries

@@ -19,7 +19,9 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+_FAST_COMPILES = '--xla_backend_optimization_level=0'
+if _FAST_COMPILES not in os.environ.get('XLA_FLAGS', ''):  # xdist workers inherit it
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILES}"
 
 
 def devices_env(count: int) -> dict:

@@ -37,12 +37,14 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
 def test_kernel_gradients_by_patches_are_counted_at_xla_s_flops(tmp_path):
   """XLA counts a loop's body once; the patches' chunk loop must not hide FLOPs."""
   result = run_module('benchmarks.throughput', '--models=conv_small', '--batch_sizes=2',
-                      '--steps=1', '--warmup=0', '--repeats=1', '--matmul_size=64', '--variant=',
+                      '--steps=1', '--warmup=0', '--repeats=1', '--matmul_size=64',
+                      '--variant=conv_kernel_gradient=patches',
                       '--variant=conv_kernel_gradient=xla', f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
   rows = {r['variant']: r for r in records if r['kind'] == 'jax'}
-  assert rows['']['flops_per_step'] == rows['conv_kernel_gradient=xla']['flops_per_step'] > 1e9
+  assert (rows['conv_kernel_gradient=patches']['flops_per_step']
+          == rows['conv_kernel_gradient=xla']['flops_per_step'] > 1e9)
 
 
 _MARKDOWN_OF_RECORDS = """
