@@ -122,17 +122,21 @@ class Case:
     self.compiled = self.trainer.fn.lower(
         *self.trainer.arguments(self.state, next(self.chunks))).compile()
     self.compile_s = time.perf_counter() - start
-    loops = (self.trainer.scans or
-             train.conv_algorithms(self.config).patch_kernel_gradient())
-    self.cost = cost_per_step(self._plain_step_compiled(info) if loops else self.compiled)
+    algorithms = train.conv_algorithms(self.config)
+    counted_as_run = not (self.trainer.scans or algorithms.patch_kernel_gradient()
+                          or algorithms.subpixel_input_gradient())
+    self.cost = cost_per_step(self.compiled if counted_as_run else self._plain_step_compiled(info))
     self.timings = []
 
   def _plain_step_compiled(self, info):
-    """The one-step program of the same arithmetic without loops: one step per call and XLA's
-    kernel gradients (XLA's cost analysis counts a loop's body once, and scanned steps and
-    kernel gradients by patches are loops)."""
+    """The one-step program of the same arithmetic with XLA's own convolution gradients.
+
+    XLA's cost analysis counts a loop's body once (scanned steps and kernel gradients by
+    patches are loops), and the subpixel input gradient multiplies the zero taps of its
+    block kernels: this program's count is the work of the step itself, whatever algorithm
+    runs it."""
     config = self.config.replace(steps_per_dispatch=1, data_on_device=False,
-                                 conv_kernel_gradient='xla')
+                                 conv_input_gradient='dilated', conv_kernel_gradient='xla')
     setup = train.Setup.create(config, info)
     plain = parallel.DataParallelTrainer(
         lambda state, batch: train.train_step(setup, state, batch), config, self.data,
@@ -190,7 +194,11 @@ def profile(case: Case, trace_root: str, top: int) -> dict:
 
   Trace events are matched to the instructions of the compiled program's HLO by name (on CPU
   the thunks, on GPU the ops of XLA's op track); each op comes with its result shape and the
-  JAX operation it came from, where XLA kept that.
+  JAX operation it came from, where XLA kept that. XLA:CPU's thunks also have an 'end: <op>'
+  event, when the executor marks the op done, and its Eigen convolutions run asynchronously:
+  their own event marks only the launch. So an op counts from its launch to its end event,
+  which can include time the executor was busy with other ops; ops that run at the same time
+  each count in full.
   """
   variant = re.sub(r'\W+', '_', case.variant) or 'default'
   trace_dir = os.path.join(trace_root,
@@ -202,10 +210,18 @@ def profile(case: Case, trace_root: str, top: int) -> dict:
     events = json.load(f)['traceEvents']
   hlo = {m[1]: (m[2], m[3], _OP_NAME.search(m[4])) for m in
          _HLO_INSTRUCTION.finditer(case.compiled.as_text())}
-  micros = collections.Counter()
-  for event in events:
-    if event.get('ph') == 'X' and event.get('name') in hlo:
-      micros[event['name']] += event.get('dur', 0)
+  launches, finishes = collections.defaultdict(list), collections.defaultdict(list)
+  for event in (e for e in events if e.get('ph') == 'X'):
+    name = event.get('name', '')
+    if name in hlo:
+      launches[name].append(event)
+    elif name.startswith('end: ') and name[len('end: '):] in hlo:
+      finishes[name[len('end: '):]].append(event)
+  by_time = lambda found: sorted(found, key=lambda e: e['ts'])
+  micros = collections.Counter({
+      name: sum(end['ts'] + end.get('dur', 0) - start['ts'] for start, end in
+                zip(by_time(started), by_time(finishes.get(name, started))))
+      for name, started in launches.items()})
   traced = sum(micros.values())
   return {'kind': 'profile', 'model': case.model, 'global_batch': case.batch_size,
           'num_devices': len(case.devices), 'variant': case.variant, 'steps': steps,

@@ -54,6 +54,7 @@ class Config:
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
   conv_transpose: str = _field('subpixel', "How G's transposed convolutions are computed (the same function): subpixel (a stride-1 convolution, then depth to space) or dilated (lax.conv_transpose).")
+  conv_input_gradient: str = _field('auto', "How strided convolutions' input gradients are computed (the same values): dilated (XLA's own, a convolution over the output gradient with zeros between its pixels), subpixel (a stride-1 convolution over the output gradient, then depth to space), or auto (subpixel on CPU, dilated elsewhere).")
   conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches where XLA:CPU runs convolutions with YNNPACK, which ssgan_jax turns off unless XLA_FLAGS chooses; xla elsewhere).")
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
@@ -80,7 +81,8 @@ class Config:
 RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
-    'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_kernel_gradient',
+    'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_input_gradient',
+    'conv_kernel_gradient',
     'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
@@ -109,6 +111,7 @@ def validate(config: Config) -> None:
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
   _check_choice(config, 'conv_transpose', convolutions.CONV_TRANSPOSE_ALGORITHMS)
+  _check_choice(config, 'conv_input_gradient', convolutions.INPUT_GRADIENTS)
   _check_choice(config, 'conv_kernel_gradient', convolutions.KERNEL_GRADIENTS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):

@@ -1,8 +1,12 @@
 """How the convolutions of the 32x32 models are computed: the same functions, other algorithms.
 
-Two choices, both measured in benchmarks/RESULTS.md:
+Three choices, all measured in benchmarks/RESULTS.md:
 - transposed convolutions (G): 'subpixel' (a stride-1 convolution, then depth to space) or
   'dilated' (`lax.conv_transpose`);
+- input gradients of strided convolutions (D): 'dilated' (XLA's own: a convolution over the
+  output gradient with stride - 1 zeros between pixels) or 'subpixel' (the gradient of the
+  same convolution written as a stride-1 one over space-to-depth input, which skips the
+  zeros); 'auto' is 'subpixel' on CPU and 'dilated' elsewhere;
 - kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
   output gradients, a batch chunk at a time); 'auto' is 'patches' where XLA:CPU runs
   convolutions with YNNPACK (see xla_cpu.py) and 'xla' elsewhere.
@@ -17,6 +21,7 @@ import numpy as np
 from ssgan_jax import xla_cpu
 
 CONV_TRANSPOSE_ALGORITHMS = ('subpixel', 'dilated')
+INPUT_GRADIENTS = ('auto', 'subpixel', 'dilated')
 KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches
@@ -28,7 +33,14 @@ PATCH_CHUNK_BYTES = 32 * 2**20
 class ConvAlgorithms:
   """The algorithms a model's convolutions use (see the module docstring)."""
   transpose: str = 'subpixel'
+  input_gradient: str = 'auto'
   kernel_gradient: str = 'auto'
+
+  def subpixel_input_gradient(self) -> bool:
+    """Whether strided convolutions' input gradients skip the zeros ('auto': on CPU)."""
+    if self.input_gradient == 'auto':
+      return jax.default_backend() == 'cpu'
+    return self.input_gradient == 'subpixel'
 
   def patch_kernel_gradient(self) -> bool:
     """Whether kernel gradients come from patches ('auto': on JAX's default backend)."""
@@ -84,41 +96,78 @@ def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: 
   return grad_FxKKC.T.reshape(k, k, channels, features)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_with_patch_kernel_gradient(x_BxHxWxC, kernel_KxKxCxF, stride, padding):
+def space_to_depth_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding):
+  """`_xla_conv(x, kernel, stride, padding)` as a stride-1 convolution of space-to-depth input.
+
+  Each stride x stride block of the padded input becomes one pixel with stride^2 * C
+  channels, and the kernel (zero-filled to whole blocks) becomes an M x M kernel over them,
+  M = ceil(K / stride). Its input gradient is a stride-1 convolution of the output gradient,
+  which XLA computes without the zeros of the strided convolution's own input gradient.
+  """
+  batch, height, width, channels = x_BxHxWxC.shape
+  kernel, features = kernel_KxKxCxF.shape[0], kernel_KxKxCxF.shape[-1]
+  window = -(-kernel // stride)
+  (top, bottom), (left, right) = padding
+  out_h = (height + top + bottom - kernel) // stride + 1
+  out_w = (width + left + right - kernel) // stride + 1
+  blocks_h, blocks_w = out_h + window - 1, out_w + window - 1
+  # Pads or crops (negative padding) the input to exactly the blocks the output reads.
+  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+                         ((0, 0, 0), (top, blocks_h * stride - height - top, 0),
+                          (left, blocks_w * stride - width - left, 0), (0, 0, 0)))
+  x_blocks = (x_padded.reshape(batch, blocks_h, stride, blocks_w, stride, channels)
+              .transpose(0, 1, 3, 2, 4, 5)
+              .reshape(batch, blocks_h, blocks_w, stride * stride * channels))
+  fill = window * stride - kernel
+  kernel_blocks = (jnp.pad(kernel_KxKxCxF, ((0, fill), (0, fill), (0, 0), (0, 0)))
+                   .reshape(window, stride, window, stride, channels, features)
+                   .transpose(0, 2, 1, 3, 4, 5)
+                   .reshape(window, window, stride * stride * channels, features))
+  return _xla_conv(x_blocks, kernel_blocks, 1, ((0, 0), (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_with_chosen_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
   return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
 
 
-def _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding):
+def _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
   return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding), (x_BxHxWxC, kernel_KxKxCxF)
 
 
-def _conv_backward(stride, padding, residuals, dy_BxPxQxF):
+def _conv_backward(stride, padding, algorithms, residuals, dy_BxPxQxF):
   x_BxHxWxC, kernel_KxKxCxF = residuals
-  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel_KxKxCxF, stride, padding), x_BxHxWxC)
+  input_conv = (space_to_depth_conv if stride > 1 and algorithms.subpixel_input_gradient()
+                else _xla_conv)
+  _, input_vjp = jax.vjp(lambda x: input_conv(x, kernel_KxKxCxF, stride, padding), x_BxHxWxC)
   (dx_BxHxWxC,) = input_vjp(dy_BxPxQxF)
-  dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_KxKxCxF.shape[0], stride,
-                                       padding)
-  return dx_BxHxWxC, dkernel.astype(kernel_KxKxCxF.dtype)
+  if algorithms.patch_kernel_gradient():
+    dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_KxKxCxF.shape[0],
+                                         stride, padding).astype(kernel_KxKxCxF.dtype)
+  else:
+    _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x_BxHxWxC, k, stride, padding),
+                            kernel_KxKxCxF)
+    (dkernel,) = kernel_vjp(dy_BxPxQxF)
+  return dx_BxHxWxC, dkernel
 
 
-_conv_with_patch_kernel_gradient.defvjp(_conv_forward, _conv_backward)
+_conv_with_chosen_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 def conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int, padding,
          algorithms: ConvAlgorithms) -> jax.Array:
   """`lax.conv_general_dilated` of NHWC images with a square HWIO kernel.
 
-  `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value and the input
-  gradient are XLA's; the kernel gradient is computed as `algorithms` says.
+  `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value is XLA's; the
+  input and kernel gradients are computed as `algorithms` says.
   """
   size = kernel_KxKxCxF.shape[0]
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (size, size), (stride, stride),
                                       padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if algorithms.patch_kernel_gradient():
-    return _conv_with_patch_kernel_gradient(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+  if algorithms.patch_kernel_gradient() or (stride > 1 and algorithms.subpixel_input_gradient()):
+    return _conv_with_chosen_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms)
   return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
 
 

@@ -91,7 +91,8 @@ class Setup:
 
 
 def conv_algorithms(config: Config) -> convolutions.ConvAlgorithms:
-  return convolutions.ConvAlgorithms(config.conv_transpose, config.conv_kernel_gradient)
+  return convolutions.ConvAlgorithms(config.conv_transpose, config.conv_input_gradient,
+                                     config.conv_kernel_gradient)
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:

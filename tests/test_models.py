@@ -460,7 +460,7 @@ def assert_same_function(ours, flax_module, x, output_shape):
 def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel_gradient):
   """Every algorithm gives nn.ConvTranspose's 'SAME' outputs and gradients, from the same
   initial kernel, for odd and even kernels, strides below and above the kernel."""
-  algorithms = convolutions.ConvAlgorithms(algorithm, kernel_gradient)
+  algorithms = convolutions.ConvAlgorithms(transpose=algorithm, kernel_gradient=kernel_gradient)
   flax_conv = flax.linen.ConvTranspose(4, (kernel, kernel), strides=(stride, stride),
                                        padding='SAME', use_bias=False,
                                        kernel_init=flax.linen.initializers.normal(0.05))
@@ -472,16 +472,40 @@ def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel
 @pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 'SAME'), (3, 2, 'SAME'),
                                                    (3, 1, 'VALID'), (1, 1, 'SAME'),
                                                    (4, 2, 'SAME'), (5, 3, 'VALID')])
-def test_conv_is_flax_conv(kernel, stride, padding):
-  """D's convolution, kernel gradient by patches, gives nn.Conv's outputs and gradients."""
-  ours = models.Conv(4, kernel, stride, padding,
-                     convolutions.ConvAlgorithms(kernel_gradient='patches'))
+@pytest.mark.parametrize('input_gradient,kernel_gradient', [('subpixel', 'patches'),
+                                                            ('dilated', 'patches'),
+                                                            ('subpixel', 'xla')])
+def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradient):
+  """D's convolution gives nn.Conv's outputs and gradients with every gradient algorithm."""
+  ours = models.Conv(4, kernel, stride, padding, convolutions.ConvAlgorithms(
+      input_gradient=input_gradient, kernel_gradient=kernel_gradient))
   flax_conv = flax.linen.Conv(4, (kernel, kernel), strides=(stride, stride), padding=padding,
                               use_bias=False, kernel_init=flax.linen.initializers.normal(0.05))
   x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
   output_shape = jax.eval_shape(lambda x: flax_conv.init_with_output(jax.random.key(1), x)[0],
                                 x).shape
   assert_same_function(ours, flax_conv, x, output_shape)
+
+
+# Heights and widths whose blocks need padding, fit exactly, or leave input rows unread.
+@pytest.mark.parametrize('kernel,stride,padding', [
+    (3, 2, ((0, 1), (0, 1))), (3, 2, ((1, 1), (1, 0))), (4, 2, ((1, 2), (1, 1))),
+    (5, 3, ((0, 0), (0, 0))), (2, 3, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))),
+    (2, 2, ((0, 0), (1, 1)))])
+def test_space_to_depth_conv_is_the_strided_conv(kernel, stride, padding):
+  """The space-to-depth form has the strided convolution's values and input gradient."""
+  x = jax.random.normal(jax.random.key(0), (2, 10, 9, 3))
+  weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  strided = lambda x: jax.lax.conv_general_dilated(x, weights, (stride, stride), padding,
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  blocks = lambda x: convolutions.space_to_depth_conv(x, weights, stride, padding)
+  y, strided_vjp = jax.vjp(strided, x)
+  y_blocks, blocks_vjp = jax.vjp(blocks, x)
+  np.testing.assert_allclose(y_blocks, y, rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(jax.random.key(2), y.shape)
+  (dx,), (dx_blocks,) = strided_vjp(dy), blocks_vjp(dy)
+  assert np.max(np.abs(dx)) > 0
+  np.testing.assert_allclose(dx_blocks, dx, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('images_per_chunk', [1, 2, 3, 6])
@@ -522,39 +546,48 @@ def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images,
   assert convolutions.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
 
 
-@pytest.mark.parametrize('backend,xla_flags,patches', [
-    ('cpu', '', True),  # jaxlib's default: YNNPACK convolutions
-    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False),  # ssgan_jax's default
-    ('gpu', '', False), ('tpu', '', False)])
-def test_auto_kernel_gradient_is_patches_where_ynnpack_convolves_on_cpu(backend, xla_flags,
-                                                                        patches, monkeypatch):
+@pytest.mark.parametrize('backend,xla_flags,patches,subpixel', [
+    ('cpu', '', True, True),  # jaxlib's default: YNNPACK convolutions
+    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False, True),  # ssgan_jax's default
+    ('gpu', '', False, False), ('tpu', '', False, False)])
+def test_auto_gradient_algorithms_by_backend(backend, xla_flags, patches, subpixel,
+                                             monkeypatch):
+  """'auto' kernel gradients are patches where YNNPACK convolves on CPU; 'auto' strided
+  input gradients are subpixel on CPU. Named algorithms hold everywhere."""
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   monkeypatch.setenv('XLA_FLAGS', xla_flags)
   assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
   assert convolutions.ConvAlgorithms(kernel_gradient='patches').patch_kernel_gradient()
   assert not convolutions.ConvAlgorithms(kernel_gradient='xla').patch_kernel_gradient()
+  assert convolutions.ConvAlgorithms().subpixel_input_gradient() == subpixel
+  assert convolutions.ConvAlgorithms(input_gradient='subpixel').subpixel_input_gradient()
+  assert not convolutions.ConvAlgorithms(input_gradient='dilated').subpixel_input_gradient()
 
 
-def test_patch_kernel_gradients_give_xla_s_model_gradients():
-  """The gradients of D's outputs for D's parameters (every kind of convolution D has) are
-  the same with the kernel gradients by patches as with XLA's."""
+@pytest.mark.parametrize('algorithms', [dict(kernel_gradient='patches', input_gradient='dilated'),
+                                        dict(kernel_gradient='xla', input_gradient='subpixel'),
+                                        dict(kernel_gradient='patches', input_gradient='subpixel')])
+def test_gradient_algorithms_give_xla_s_model_gradients(algorithms):
+  """The gradients of D's outputs for D's parameters and images (every kind of convolution
+  D has) are the same with every gradient algorithm as with XLA's own."""
   family = models.MODEL_FAMILIES['conv_small']
   images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1)
   d_variables = family.discriminator(10).init(jax.random.key(2), images)
   logits_cotangent = jax.random.normal(jax.random.key(3), (4, 10))
   features_cotangent = jax.random.normal(jax.random.key(4), (4, 128))
-  gradients = {}
-  for kernel_gradient in ('patches', 'xla'):
-    d = family.discriminator(10, convolutions.ConvAlgorithms(kernel_gradient=kernel_gradient))
 
-    def loss(d_params):
+  def gradients(conv_algorithms):
+    d = family.discriminator(10, conv_algorithms)
+
+    def loss(d_params, images):
       logits, features = d.apply({**d_variables, 'params': d_params}, images)
       return jnp.vdot(logits, logits_cotangent) + jnp.vdot(features, features_cotangent)
-    gradients[kernel_gradient] = jax.jit(jax.grad(loss))(d_variables['params'])
-  for patches, xla in zip(jax.tree.leaves(gradients['patches']),
-                          jax.tree.leaves(gradients['xla'])):
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(d_variables['params'], images)
+  xla_s = gradients(convolutions.ConvAlgorithms(input_gradient='dilated', kernel_gradient='xla'))
+  chosen = gradients(convolutions.ConvAlgorithms(**algorithms))
+  for ours, xla in zip(jax.tree.leaves(chosen), jax.tree.leaves(xla_s)):
     assert np.max(np.abs(xla)) > 0
-    np.testing.assert_allclose(patches, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
+    np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
 
 
 def test_generator_algorithms_give_the_same_images():

@@ -34,17 +34,20 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
   assert f"| {ops[0]['name']} | " in table
 
 
-def test_kernel_gradients_by_patches_are_counted_at_xla_s_flops(tmp_path):
-  """XLA counts a loop's body once; the patches' chunk loop must not hide FLOPs."""
+def test_gradient_algorithms_are_counted_at_xla_s_flops(tmp_path):
+  """Each variant's FLOPs are those of the step with XLA's own gradients, counted from the
+  program that runs it: the patches' chunk loop (XLA counts a loop's body once) must not
+  hide FLOPs, nor the subpixel input gradient's zero taps add any."""
+  xla_s = 'conv_input_gradient=dilated,conv_kernel_gradient=xla'
   result = run_module('benchmarks.throughput', '--models=conv_small', '--batch_sizes=2',
                       '--steps=1', '--warmup=0', '--repeats=1', '--matmul_size=64',
-                      '--variant=conv_kernel_gradient=patches',
-                      '--variant=conv_kernel_gradient=xla', f'--out_dir={tmp_path}')
+                      '--variant=conv_input_gradient=dilated,conv_kernel_gradient=patches',
+                      '--variant=conv_input_gradient=subpixel,conv_kernel_gradient=xla',
+                      f'--variant={xla_s}', f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
-  rows = {r['variant']: r for r in records if r['kind'] == 'jax'}
-  assert (rows['conv_kernel_gradient=patches']['flops_per_step']
-          == rows['conv_kernel_gradient=xla']['flops_per_step'] > 1e9)
+  flops = {r['variant']: r['flops_per_step'] for r in records if r['kind'] == 'jax'}
+  assert len(flops) == 3 and len(set(flops.values())) == 1 and flops[xla_s] > 1e9
 
 
 _MARKDOWN_OF_RECORDS = """
