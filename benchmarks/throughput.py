@@ -4,7 +4,8 @@ Synthetic uint8 batches of each model family's shapes go through the trainer's o
 pipeline (batch indices, gather, prefetch) and its DataParallelTrainer; neither TensorFlow
 nor TFDS is needed. For every model, global batch, device count and --variant it compiles
 the step, warms up, then times --repeats runs of --steps steps (block_until_ready at the end
-of each), the variants interleaved within each repeat, and reports the median. FLOPs and
+of each), the variants (and with --torch the PyTorch reference) interleaved within each
+repeat, and reports the median. FLOPs and
 bytes per step come from XLA's cost analysis of the compiled single step. Output: JSON lines
 and markdown tables (printed and written under --out_dir).
 
@@ -32,6 +33,7 @@ import numpy as np
 from benchmarks import peaks
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +56,11 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed repeat (rounded up t
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
 _TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch reference on the same '
-                              'device (eager and torch.compile) and report JAX/torch ratios.')
+                              'device, in the same round-robin as the JAX step, and report '
+                              'JAX/torch ratios.')
+_TORCH_MODES = flags.DEFINE_list('torch_modes', ['eager', 'compile'],
+                                 'With --torch, how the reference runs: eager and/or compile '
+                                 '(torch.compile, where it works).')
 _PROFILE = flags.DEFINE_integer(
     'profile_top', 0, 'After timing, trace --steps more steps of each case with jax.profiler '
     '(a Perfetto trace under --out_dir) and report its N slowest XLA ops; 0: no profile.')
@@ -67,7 +73,38 @@ _NAME = flags.DEFINE_string('name', 'throughput', 'Base name of the output files
 
 def parse_variant(text: str) -> dict:
   """'a=1,b=x' -> {'a': '1', 'b': 'x'} as flag strings."""
-  return dict(item.split('=', 1) for item in text.split(',') if item)
+  items = [item for item in text.split(',') if item]
+  if not all('=' in item for item in items):
+    raise config_lib.ConfigError('variant', text, 'must be comma-separated name=value items')
+  return dict(item.split('=', 1) for item in items)
+
+
+def _positive_ints(name: str, values: list) -> list:
+  if not all(v.isdigit() and int(v) > 0 for v in values):
+    raise config_lib.ConfigError(name, ','.join(values), 'must be positive integers')
+  return [int(v) for v in values]
+
+
+def check_flags() -> None:
+  """Raises ConfigError for the first bad flag, before anything is compiled."""
+  unknown = [m for m in _MODELS.value if m not in MODELS]
+  if unknown or not _MODELS.value:
+    raise config_lib.ConfigError('models', ','.join(_MODELS.value), f'allowed: {", ".join(MODELS)}')
+  batch_sizes = _positive_ints('batch_sizes', _BATCH_SIZES.value)
+  _positive_ints('device_counts', _DEVICE_COUNTS.value)
+  for name, flag, least in (('steps', _STEPS, 1), ('repeats', _REPEATS, 1), ('warmup', _WARMUP, 0)):
+    if flag.value < least:
+      raise config_lib.ConfigError(name, flag.value, f'must be >= {least}')
+  if not set(_TORCH_MODES.value) <= {'eager', 'compile'} or not _TORCH_MODES.value:
+    raise config_lib.ConfigError('torch_modes', ','.join(_TORCH_MODES.value),
+                                 'allowed: eager, compile')
+  for text in _VARIANTS.value:
+    variant = parse_variant(text)
+    for model in _MODELS.value:
+      try:
+        config_lib.validate(model_config(model, batch_sizes[0], variant))
+      except (flags.Error, config_lib.ConfigError) as e:
+        raise config_lib.ConfigError('variant', text, str(e).splitlines()[0]) from None
 
 
 def model_config(model: str, batch_size: int, variant: dict) -> Config:
@@ -257,48 +294,58 @@ def matmul_peak(dtype) -> dict:
           'flops_per_s': 2 * n**3 / statistics.median(times)}
 
 
-def torch_records(case: Case, jax_record: dict) -> list:
-  """The PyTorch reference on the same device and batches, eager and compiled.
+class TorchCase:
+  """The PyTorch reference of a JAX case on the same device and batches, eager or compiled,
+  timed in the same round-robin (`interleaved`) as the JAX step.
 
-  Its achieved FLOP/s are counted with XLA's FLOPs for the JAX step (the same arithmetic).
+  torch.compile fails on some platforms: the error is kept for the record, and the case stops.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_reference.train import TorchTrainer  # pylint: disable=g-import-not-at-top
-  platform_name = case.devices[0].platform
-  device = 'cuda' if platform_name == 'gpu' else 'cpu'
-  if platform_name not in ('gpu', 'cpu'):
-    return [{'kind': 'torch', 'model': case.model, 'global_batch': case.batch_size,
-             'note': f'no PyTorch reference on {platform_name}'}]
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  arrays = input_pipeline.train_arrays(case.data)
-  batches = [input_pipeline.gather_batch(arrays, indices) for _, indices in zip(
-      range(_UNLABELED_BATCHES), input_pipeline.train_indices(case.data, case.config, 0))]
-  records = []
-  for compiled in (False, True):
-    record = {'kind': 'torch', 'model': case.model, 'global_batch': case.batch_size,
-              'mode': 'compile' if compiled else 'eager', 'device': device,
-              'torch': torch.__version__}
+
+  def __init__(self, case: Case, mode: str):
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks.torch_reference.train import TorchTrainer  # pylint: disable=g-import-not-at-top
+    self.case, self.mode, self.torch_version = case, mode, torch.__version__
+    self.device = 'cuda' if case.devices[0].platform == 'gpu' else 'cpu'
+    self.sync = torch.cuda.synchronize if self.device == 'cuda' else (lambda: None)
+    arrays = input_pipeline.train_arrays(case.data)
+    self.batches = [input_pipeline.gather_batch(arrays, indices) for _, indices in zip(
+        range(_UNLABELED_BATCHES), input_pipeline.train_indices(case.data, case.config, 0))]
+    self.timings, self.error, self.steps_run = [], None, 0
     try:
-      trainer = TorchTrainer(case.config, NUM_CLASSES, MODELS[case.model][1],
-                             case.data.unlabeled_images[:train.INIT_BATCH_SIZE],
-                             device=device, compile=compiled)
-      run = lambda steps: [trainer.train_step(batches[i % len(batches)]) for i in range(steps)]
-      run(_WARMUP.value)
-      sync()
-      timings = []
-      for _ in range(_REPEATS.value):
-        start = time.perf_counter()
-        run(_STEPS.value)
-        sync()
-        timings.append(_STEPS.value / (time.perf_counter() - start))
-      record.update(steps_per_s=statistics.median(timings), steps_per_s_repeats=timings)
-      record['jax_over_torch'] = jax_record['steps_per_s'] / record['steps_per_s']
-      record['achieved_flops_per_s'] = (jax_record['flops_per_step'] and
-                                        jax_record['flops_per_step'] * record['steps_per_s'])
-    except Exception as e:  # torch.compile fails on some platforms; say so and go on.
-      record['error'] = f'{type(e).__name__}: {str(e).strip()[:300]}'
-    records.append(record)
-  return records
+      self.trainer = TorchTrainer(case.config, NUM_CLASSES, MODELS[case.model][1],
+                                  case.data.unlabeled_images[:train.INIT_BATCH_SIZE],
+                                  device=self.device, compile=mode == 'compile')
+    except Exception as e:  # pylint: disable=broad-except
+      self.error = f'{type(e).__name__}: {str(e).strip()[:300]}'
+
+  def run(self, num_steps: int) -> bool:
+    """Runs num_steps steps and waits for them; False once the reference has failed."""
+    try:
+      for _ in range(num_steps if self.error is None else 0):
+        self.trainer.train_step(self.batches[self.steps_run % len(self.batches)])
+        self.steps_run += 1
+      self.sync()
+    except Exception as e:  # pylint: disable=broad-except
+      self.error = f'{type(e).__name__}: {str(e).strip()[:300]}'
+    return self.error is None
+
+  def time(self, num_steps: int) -> None:
+    start = time.perf_counter()
+    if self.run(num_steps):
+      self.timings.append(num_steps / (time.perf_counter() - start))
+
+  def record(self, jax_record: dict) -> dict:
+    """Its steps/s and JAX/torch ratio; achieved FLOP/s by XLA's count of the JAX step (the
+    same arithmetic)."""
+    record = {'kind': 'torch', 'model': self.case.model, 'global_batch': self.case.batch_size,
+              'mode': self.mode, 'device': self.device, 'torch': self.torch_version}
+    if self.error:
+      return {**record, 'error': self.error}
+    steps_per_s = statistics.median(self.timings)
+    return {**record, 'steps_per_s': steps_per_s, 'steps_per_s_repeats': self.timings,
+            'jax_over_torch': jax_record['steps_per_s'] / steps_per_s,
+            'achieved_flops_per_s': (jax_record['flops_per_step'] and
+                                     jax_record['flops_per_step'] * steps_per_s)}
 
 
 def roofline(record: dict) -> list:
@@ -414,7 +461,12 @@ def scaling_rows(jax_rows: list) -> list:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    check_flags()
+  except config_lib.ConfigError as e:
+    ssgan_main.fail(str(e))
   devices = jax.local_devices()
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
   header = {
@@ -447,17 +499,24 @@ def main(argv):
       cases = [Case(model, batch_size, devices[:count], variant)
                for count in counts if count <= len(devices) and batch_size % count == 0
                for variant in _VARIANTS.value]
-      interleaved(cases)
+      # The reference runs beside the first variant on one device.
+      paired = next((c for c in cases if len(c.devices) == 1), None)
+      torch_cases = ([TorchCase(paired, mode) for mode in _TORCH_MODES.value]
+                     if _TORCH.value and paired and paired.variant == _VARIANTS.value[0]
+                     and devices[0].platform in ('cpu', 'gpu') else [])
+      interleaved(cases + torch_cases)
       for case in cases:
         new = [case.record()]
-        if _TORCH.value and len(case.devices) == 1 and case.variant == _VARIANTS.value[0]:
-          new += torch_records(case, new[0])
+        if _TORCH.value and case is paired:
+          new += ([t.record(new[0]) for t in torch_cases] or [
+              {'kind': 'torch', 'model': model, 'global_batch': batch_size,
+               'note': f'no PyTorch reference on {devices[0].platform}'}])
         if _PROFILE.value:
           new.append(profile(case, os.path.join(_OUT_DIR.value, f'{_NAME.value}_traces'),
                              _PROFILE.value))
         emit(new)
         records += new
-      del cases
+      del cases, torch_cases
   new = [matmul_peak(jnp.bfloat16), matmul_peak(jnp.float32)]
   projected = {(r['model'], r['global_batch'], r['compute_dtype']): r for r in records
                if r['kind'] == 'jax' and r['num_devices'] == 1}
@@ -471,4 +530,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=ssgan_main.parse_flags)

@@ -36,9 +36,9 @@ def run_demo(config: config_lib.Config, workdir: str) -> dict:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    ssgan_main._fail(f'unexpected arguments: {" ".join(argv[1:])}')  # pylint: disable=protected-access
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:
-    ssgan_main._fail('--workdir is required')  # pylint: disable=protected-access
+    ssgan_main.fail('--workdir is required')
   config = ssgan_main.config_from_flags()
   workdir = flags.FLAGS.workdir
   logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     config_lib.validate(config)
     summaries = run_demo(config, workdir)
   except config_lib.ConfigError as e:
-    ssgan_main._fail(str(e))  # pylint: disable=protected-access
+    ssgan_main.fail(str(e))
   labels = f'{config.num_labeled} labels'
   for mode, title in MODES:
     print(f'{title:>20} ({labels}): test accuracy {100 * summaries[mode]["test_accuracy"]:.1f} %'

@@ -69,14 +69,14 @@ def report(result: dict) -> str:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    ssgan_main._fail(f'unexpected arguments: {" ".join(argv[1:])}')  # pylint: disable=protected-access
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
-    ssgan_main._fail('--workdir is required')  # pylint: disable=protected-access
+    ssgan_main.fail('--workdir is required')
   logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
   try:
     result = evaluate(FLAGS.workdir, FLAGS.step, FLAGS.data_dir)
   except config_lib.ConfigError as e:
-    ssgan_main._fail(str(e))  # pylint: disable=protected-access
+    ssgan_main.fail(str(e))
   print(report(result))
   print(f"saved: {os.path.join(FLAGS.workdir, 'evaluation')}/", flush=True)
 

@@ -64,7 +64,8 @@ def parse_config(argv: list[str]) -> tuple[config_lib.Config, str]:
   return config_from_flags(flag_values), flag_values.workdir
 
 
-def _fail(message: str, exit_code: int = 2) -> typing.NoReturn:
+def fail(message: str, exit_code: int = 2) -> typing.NoReturn:
+  """Reports one line on stderr and exits (2: bad input)."""
   print(f'error: {message}', file=sys.stderr)
   sys.exit(exit_code)
 
@@ -74,7 +75,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    fail(str(e).splitlines()[0])
 
 
 def _as_int(name: str, value: str) -> int:
@@ -87,9 +88,9 @@ def _as_int(name: str, value: str) -> int:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:
-    _fail('--workdir is required')
+    fail('--workdir is required')
   config = config_from_flags()
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
@@ -105,9 +106,9 @@ def main(argv: list[str]) -> None:
     with preemption.stop_on_signals() as stop_requested:
       summary = train.train_and_evaluate(config, flags.FLAGS.workdir, stop_requested)
   except config_lib.ConfigError as e:
-    _fail(str(e))
+    fail(str(e))
   except FloatingPointError as e:  # train.NonFiniteLossError: not bad input, a failed run.
-    _fail(str(e), exit_code=1)
+    fail(str(e), exit_code=1)
   logging.info('Done: %s', summary)
   print(json.dumps(summary), flush=True)
 

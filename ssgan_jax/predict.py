@@ -49,9 +49,9 @@ def predictions(run, paths: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   paths = argv[1:]
   if not FLAGS.workdir:
-    ssgan_main._fail('--workdir is required')  # pylint: disable=protected-access
+    ssgan_main.fail('--workdir is required')
   if not paths:
-    ssgan_main._fail('no image files given; usage: predict --workdir=DIR IMAGE...')  # pylint: disable=protected-access
+    ssgan_main.fail('no image files given; usage: predict --workdir=DIR IMAGE...')
   logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
   from ssgan_jax import trained  # Heavy: after argument checks.
   try:
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
                                    f'holds a model of {run.config.dataset}, which is not images')
     lines = predictions(run, paths)
   except (config_lib.ConfigError, ImageError) as e:
-    ssgan_main._fail(str(e))  # pylint: disable=protected-access
+    ssgan_main.fail(str(e))
   print('\n'.join(lines), flush=True)
 
 

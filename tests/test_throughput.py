@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from without_tensorflow import REPO, run_module
 
 
@@ -48,6 +50,36 @@ def test_gradient_algorithms_are_counted_at_xla_s_flops(tmp_path):
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
   flops = {r['variant']: r['flops_per_step'] for r in records if r['kind'] == 'jax'}
   assert len(flops) == 3 and len(set(flops.values())) == 1 and flops[xla_s] > 1e9
+
+
+def test_torch_reference_is_timed_in_the_same_round_robin(tmp_path):
+  result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', '--steps=1',
+                      '--warmup=1', '--repeats=3', '--matmul_size=64', '--torch',
+                      '--torch_modes=eager', f'--out_dir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
+  [jax_row] = [r for r in records if r['kind'] == 'jax']
+  [torch_row] = [r for r in records if r['kind'] == 'torch']
+  assert (torch_row['mode'], torch_row['device']) == ('eager', 'cpu')
+  assert len(torch_row['steps_per_s_repeats']) == len(jax_row['steps_per_s_repeats']) == 3
+  assert torch_row['jax_over_torch'] == jax_row['steps_per_s'] / torch_row['steps_per_s'] > 0
+  assert '| mlp | 4 | eager |' in (tmp_path / 'throughput.md').read_text()
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--models=resnet', '--models=resnet: allowed: mlp, conv_small, conv_large'),
+    ('--batch_sizes=100,0', '--batch_sizes=100,0: must be positive integers'),
+    ('--variant=compute_dtype', '--variant=compute_dtype: must be comma-separated name=value'),
+    ('--variant=conv_input_gradient=fft',
+     '--variant=conv_input_gradient=fft: --conv_input_gradient=fft: allowed: auto, subpixel'),
+    ('--torch_modes=jit', '--torch_modes=jit: allowed: eager, compile'),
+])
+def test_bad_flags_exit_2_with_one_line_before_any_work(flag, message, tmp_path):
+  result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', flag,
+                      f'--out_dir={tmp_path}')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {message}')
+  assert 'Traceback' not in result.stderr and not list(tmp_path.iterdir())
 
 
 _MARKDOWN_OF_RECORDS = """
