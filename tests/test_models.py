@@ -403,9 +403,10 @@ def test_example_noise_statistics():
   1 / (1 - rate); Gaussian noise has the requested std; both need keys."""
   x = jnp.ones((4, 64, 64))
   keys = example_keys(4, seed=7)
-  dropped = np.asarray(models.ExampleNoise(keys).dropout(x, 0.2))
-  assert set(np.unique(dropped)) <= {0.0, np.float32(1 / 0.8)}
-  assert abs((dropped != 0).mean() - 0.8) < 0.02
+  for rate in (0.2, 0.5):
+    dropped = np.asarray(models.ExampleNoise(keys).dropout(x, rate))
+    assert set(np.unique(dropped)) <= {0.0, np.float32(1 / (1 - rate))}
+    assert abs((dropped != 0).mean() - (1 - rate)) < 0.02
   noisy = np.asarray(models.ExampleNoise(keys).gaussian(x, 0.3))
   assert abs((noisy - 1).std() - 0.3) < 0.01 and abs((noisy - 1).mean()) < 0.01
   np.testing.assert_array_equal(models.ExampleNoise(None).dropout(x, 0.5), x)
@@ -413,6 +414,26 @@ def test_example_noise_statistics():
   # Successive draws from one ExampleNoise differ (one fresh key per layer).
   noise = models.ExampleNoise(keys)
   assert not np.array_equal(noise.gaussian(x, 0.3), noise.gaussian(x, 0.3))
+
+
+@pytest.mark.parametrize('p', [0.5, 0.75, 0.25, 3 / 256, 0.8, 0.0, 1.0])
+def test_bernoulli_mask_frequency_and_independence(p):
+  """Each element is True with probability p, neighbours (the bits of one word) and
+  elements a word apart alike uncorrelated; the shape need not fill whole words."""
+  mask = np.asarray(models.bernoulli_mask(jax.random.key(3), p, (400, 33, 31)))
+  assert mask.shape == (400, 33, 31) and mask.dtype == bool
+  flat = mask.reshape(-1).astype(np.float64)
+  tolerance = 5 * np.sqrt(p * (1 - p) / flat.size) + 1e-12
+  assert abs(flat.mean() - p) <= tolerance
+  if 0 < p < 1:
+    for lag in (1, 32):
+      correlation = np.corrcoef(flat[:-lag], flat[lag:])[0, 1]
+      assert abs(correlation) < 0.01
+
+
+def test_bernoulli_mask_differs_between_keys():
+  masks = [np.asarray(models.bernoulli_mask(jax.random.key(k), 0.5, (64, 64))) for k in (1, 2)]
+  assert 0.4 < (masks[0] != masks[1]).mean() < 0.6
 
 
 # ---------------------------------------------------------------------------
