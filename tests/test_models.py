@@ -508,6 +508,27 @@ def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradi
   assert_same_function(ours, flax_conv, x, output_shape)
 
 
+@pytest.mark.parametrize('input_gradient', ['subpixel', 'dilated'])
+@pytest.mark.parametrize('kernel_gradient', ['patches', 'xla'])
+def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradient):
+  """bfloat16 images and kernel (--compute_dtype=bfloat16): gradients in bfloat16, close to
+  the float32 ones of the same rounded values."""
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16)).astype(jnp.bfloat16)
+  weights = (0.1 * jax.random.normal(jax.random.key(1), (3, 3, 16, 8))).astype(jnp.bfloat16)
+  algorithms = convolutions.ConvAlgorithms(input_gradient=input_gradient,
+                                           kernel_gradient=kernel_gradient)
+  loss = lambda x, w, algorithms: jnp.sum(
+      convolutions.conv(x, w, 2, 'SAME', algorithms).astype(jnp.float32) ** 2)
+  grads = jax.grad(loss, argnums=(0, 1))(x, weights, algorithms)
+  expected = jax.grad(loss, argnums=(0, 1))(
+      x.astype(jnp.float32), weights.astype(jnp.float32),
+      convolutions.ConvAlgorithms(input_gradient='dilated', kernel_gradient='xla'))
+  for grad, reference in zip(grads, expected):
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), reference,
+                               rtol=0.05, atol=0.05 * np.max(np.abs(reference)))
+
+
 # Heights and widths whose blocks need padding, fit exactly, or leave input rows unread.
 @pytest.mark.parametrize('kernel,stride,padding', [
     (3, 2, ((0, 1), (0, 1))), (3, 2, ((1, 1), (1, 0))), (4, 2, ((1, 2), (1, 1))),
