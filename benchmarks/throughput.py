@@ -436,7 +436,8 @@ def markdown(header: dict, records: list) -> str:
   for r in (r for r in records if r['kind'] == 'profile'):
     out += ['', f"Slowest XLA ops of {r['model']}, batch {r['global_batch']}, "
             f"{r['num_devices']} device(s), {r['variant'] or 'default'}: traced over "
-            f"{r['steps']} steps, {r['traced_ms_per_step']:.1f} ms of ops a step. Trace: "
+            f"{r['steps']} steps, {r['traced_ms_per_step']:.1f} ms of ops a step (each op from "
+            f"its launch to its end; ops that overlap each count in full). Trace: "
             f"`{r['trace_dir']}`", '',
             '| op | opcode | result shape | ms/step | share | from |', '|---|---|---|---|---|---|']
     out += [f"| {o['name']} | {o['opcode']} | {o['shape']} | {o['ms_per_step']:.2f} | "
