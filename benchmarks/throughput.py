@@ -294,6 +294,10 @@ def matmul_peak(dtype) -> dict:
           'flops_per_s': 2 * n**3 / statistics.median(times)}
 
 
+def _describe(error: Exception) -> str:
+  return f'{type(error).__name__}: {str(error).strip()[:300]}'
+
+
 class TorchCase:
   """The PyTorch reference of a JAX case on the same device and batches, eager or compiled,
   timed in the same round-robin (`interleaved`) as the JAX step.
@@ -316,7 +320,7 @@ class TorchCase:
                                   case.data.unlabeled_images[:train.INIT_BATCH_SIZE],
                                   device=self.device, compile=mode == 'compile')
     except Exception as e:  # pylint: disable=broad-except
-      self.error = f'{type(e).__name__}: {str(e).strip()[:300]}'
+      self.error = _describe(e)
 
   def run(self, num_steps: int) -> bool:
     """Runs num_steps steps and waits for them; False once the reference has failed."""
@@ -326,7 +330,7 @@ class TorchCase:
         self.steps_run += 1
       self.sync()
     except Exception as e:  # pylint: disable=broad-except
-      self.error = f'{type(e).__name__}: {str(e).strip()[:300]}'
+      self.error = _describe(e)
     return self.error is None
 
   def time(self, num_steps: int) -> None:
