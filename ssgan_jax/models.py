@@ -170,8 +170,9 @@ class ExampleNoise:
 def bernoulli_mask(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
   """Booleans of `shape`, each True with probability p, independently.
 
-  `jax.random.bernoulli` spends a 32-bit random word on each element, and on CPU drawing
-  those words is a large part of D's step. Where p is a multiple of 2^-b for some b <= 8
+  `jax.random.bernoulli` spends a 32-bit random word on each element; on CPU drawing those
+  words took about 9 % of the SVHN train step (benchmarks/RESULTS.md section 12). Where p
+  (a Python float) is a multiple of 2^-b for some b <= 8
   (dropout's keep probability 0.5: b = 1), each element here takes b bits of a word instead,
   exactly as likely to be True; other p fall back to `jax.random.bernoulli`.
   """
