@@ -64,49 +64,67 @@ class ScaleBias(nn.Module):
     return y * scale + self.param('bias', bias_init)
 
 
-def unit_kernel_output(layer: nn.Module, x: jax.Array) -> jax.Array:
-  """`layer(x)` as if its kernel v were v / ||v|| per output feature.
+def unit_columns(v: jax.Array) -> jax.Array:
+  """v / ||v|| per output feature: the norm over every axis but the last.
 
-  The layer (Dense, Conv or ConvTranspose, without bias) is linear in its kernel, so
-  dividing its output by the norms is the same as normalising the kernel. Unlike
-  `nn.WeightNorm`, which stores v already normalised at init, this keeps v at its
-  initialiser's scale, and with it the reference's effective step size on v's direction.
+  Weight normalisation's direction, applied to the kernel rather than to the layer's output
+  (the same function, as the layer is linear in its kernel), so that no pass over the far
+  larger activations or their gradients is needed. Unlike `nn.WeightNorm`, which stores v
+  already normalised at init, the stored v keeps its initialiser's scale, and with it the
+  reference's effective step size on v's direction.
   """
-  y = layer(x)
-  v = layer.variables['params']['kernel']
-  return y * jax.lax.rsqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))) + 1e-12)
+  return v * jax.lax.rsqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))) + 1e-12)
+
+
+class Dense(nn.Module):
+  """Bias-free dense layer: `nn.Dense`'s function, kernel and parameter name; with
+  `unit_norm`, the kernel v acts as `unit_columns(v)`."""
+  features: int
+  kernel_init: Callable
+  unit_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+    return x @ (unit_columns(kernel) if self.unit_norm else kernel)
 
 
 class Conv(nn.Module):
   """Bias-free square convolution: `nn.Conv`'s function, kernel and parameter name, computed
-  by `algorithms` (see `convolutions.conv`)."""
+  by `algorithms` (see `convolutions.conv`); with `unit_norm`, the kernel v acts as
+  `unit_columns(v)`."""
   features: int
   kernel_size: int
   stride: int
   padding: str
   algorithms: ConvAlgorithms
+  unit_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', _CONV_V_INIT,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return convolutions.conv(x, kernel, self.stride, self.padding, self.algorithms)
+    return convolutions.conv(x, unit_columns(kernel) if self.unit_norm else kernel,
+                             self.stride, self.padding, self.algorithms)
 
 
 class ConvTranspose(nn.Module):
   """Bias-free 'SAME' transposed convolution: `nn.ConvTranspose`'s function and kernel,
-  computed by `algorithms` (see `convolutions.conv_transpose_same`)."""
+  computed by `algorithms` (see `convolutions.conv_transpose_same`); with `unit_norm`, the
+  kernel v acts as `unit_columns(v)`."""
   features: int
   kernel_size: int
   stride: int
   algorithms: ConvAlgorithms
   kernel_init: Callable = _CONV_V_INIT
+  unit_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return convolutions.conv_transpose_same(x, kernel, self.stride, self.algorithms)
+    return convolutions.conv_transpose_same(
+        x, unit_columns(kernel) if self.unit_norm else kernel, self.stride, self.algorithms)
 
 
 class WNDense(nn.Module):
@@ -118,7 +136,7 @@ class WNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = unit_kernel_output(nn.Dense(self.features, use_bias=False, kernel_init=self.v_init), x)
+    y = Dense(self.features, self.v_init, unit_norm=True)(x)
     return ScaleBias(self.init_scale, self.trainable_scale, self.data_init)(y)
 
 
@@ -136,10 +154,12 @@ class WNConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.transpose:
-      layer = ConvTranspose(self.features, self.kernel, self.stride, self.algorithms)
+      layer = ConvTranspose(self.features, self.kernel, self.stride, self.algorithms,
+                            unit_norm=True)
     else:
-      layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms)
-    return ScaleBias(self.init_scale, self.trainable_scale)(unit_kernel_output(layer, x))
+      layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms,
+                   unit_norm=True)
+    return ScaleBias(self.init_scale, self.trainable_scale)(layer(x))
 
 
 @dataclasses.dataclass
@@ -234,9 +254,8 @@ class MinibatchDiscrimination(nn.Module):
     group_size = group_size or b
     if b % group_size:
       raise ValueError(f'a batch of {b} is not whole groups of {group_size}')
-    dense = nn.Dense(self.num_kernels * self.kernel_dim, use_bias=False,
-                     kernel_init=_MINIBATCH_V_INIT)
-    m_BxKxC = unit_kernel_output(dense, x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
+    dense = Dense(self.num_kernels * self.kernel_dim, _MINIBATCH_V_INIT, unit_norm=True)
+    m_BxKxC = dense(x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
     # Initialisers run only in `init`, on the init batch.
     log_scale_KxC = self.param('log_scale', lambda *_: jnp.broadcast_to(
         -jnp.log(0.5 * mean_nearest_distance(m_BxKxC))[:, None], m_BxKxC.shape[1:]))
