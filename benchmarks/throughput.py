@@ -324,8 +324,10 @@ class TorchCase:
 
   def run(self, num_steps: int) -> bool:
     """Runs num_steps steps and waits for them; False once the reference has failed."""
+    if self.error:
+      return False
     try:
-      for _ in range(num_steps if self.error is None else 0):
+      for _ in range(num_steps):
         self.trainer.train_step(self.batches[self.steps_run % len(self.batches)])
         self.steps_run += 1
       self.sync()
@@ -504,11 +506,11 @@ def main(argv):
       cases = [Case(model, batch_size, devices[:count], variant)
                for count in counts if count <= len(devices) and batch_size % count == 0
                for variant in _VARIANTS.value]
-      # The reference runs beside the first variant on one device.
+      # The reference runs beside the first variant on one device (the first such case).
       paired = next((c for c in cases if len(c.devices) == 1), None)
       torch_cases = ([TorchCase(paired, mode) for mode in _TORCH_MODES.value]
-                     if _TORCH.value and paired and paired.variant == _VARIANTS.value[0]
-                     and devices[0].platform in ('cpu', 'gpu') else [])
+                     if _TORCH.value and paired and devices[0].platform in ('cpu', 'gpu')
+                     else [])
       interleaved(cases + torch_cases)
       for case in cases:
         new = [case.record()]

@@ -77,16 +77,14 @@ def unit_columns(v: jax.Array) -> jax.Array:
 
 
 class Dense(nn.Module):
-  """Bias-free dense layer: `nn.Dense`'s function, kernel and parameter name; with
-  `unit_norm`, the kernel v acts as `unit_columns(v)`."""
+  """Bias-free dense layer whose kernel v acts as `unit_columns(v)`: the parameter name and
+  path of `nn.Dense`, so a weight-normalised layer's parameters read `Dense_0/kernel`."""
   features: int
   kernel_init: Callable
-  unit_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
-    return x @ (unit_columns(kernel) if self.unit_norm else kernel)
+    return x @ unit_columns(self.param('kernel', self.kernel_init, (x.shape[-1], self.features)))
 
 
 class Conv(nn.Module):
@@ -136,7 +134,7 @@ class WNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = Dense(self.features, self.v_init, unit_norm=True)(x)
+    y = Dense(self.features, self.v_init)(x)
     return ScaleBias(self.init_scale, self.trainable_scale, self.data_init)(y)
 
 
@@ -254,7 +252,7 @@ class MinibatchDiscrimination(nn.Module):
     group_size = group_size or b
     if b % group_size:
       raise ValueError(f'a batch of {b} is not whole groups of {group_size}')
-    dense = Dense(self.num_kernels * self.kernel_dim, _MINIBATCH_V_INIT, unit_norm=True)
+    dense = Dense(self.num_kernels * self.kernel_dim, _MINIBATCH_V_INIT)
     m_BxKxC = dense(x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
     # Initialisers run only in `init`, on the init batch.
     log_scale_KxC = self.param('log_scale', lambda *_: jnp.broadcast_to(
