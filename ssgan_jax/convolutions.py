@@ -10,6 +10,14 @@ Three choices, all measured in benchmarks/RESULTS.md:
 - kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
   output gradients, a batch chunk at a time); 'auto' is 'patches' where XLA:CPU runs
   convolutions with YNNPACK (see xla_cpu.py) and 'xla' elsewhere.
+
+On CPU, and wherever an algorithm other than XLA's is chosen, `conv`'s gradients come from
+this module, written as convolutions in the NHWC/HWIO layout, XLA's own algorithms included.
+JAX's gradient rules give XLA convolutions in other layouts (the kernel gradient with the
+batch as its contracted feature, the input gradient with the kernel's features swapped).
+XLA:CPU converts those to NHWC for its Eigen kernels outside loops only; inside a loop (a
+scan of several train steps) it runs them through a generic path, the kernel gradients
+hundreds of times slower (jax-ml/jax#12868; benchmarks/RESULTS.md, section 14).
 """
 import dataclasses
 import functools
@@ -47,6 +55,11 @@ class ConvAlgorithms:
     if self.kernel_gradient == 'auto':
       return jax.default_backend() == 'cpu' and xla_cpu.ynnpack_convolutions()
     return self.kernel_gradient == 'patches'
+
+  def own_gradients(self, stride: int) -> bool:
+    """Whether `conv` computes its gradients here (see the module docstring)."""
+    return (jax.default_backend() == 'cpu' or self.patch_kernel_gradient()
+            or (stride > 1 and self.subpixel_input_gradient()))
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -96,6 +109,71 @@ def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: 
   return grad_FxKKC.T.reshape(k, k, channels, features)
 
 
+def input_gradient(dy_BxPxQxF, kernel_KxKxCxF, input_hw: tuple[int, int], stride: int,
+                   padding: Padding):
+  """The input gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+
+  XLA's algorithm in the NHWC/HWIO layout: dy with stride - 1 zeros between its pixels
+  (lhs_dilation), convolved with the kernel turned 180 degrees, its in and out features
+  swapped. The padding makes the result input-sized: it ends at the last input row, whether
+  or not the forward pass read it.
+  """
+  kernel = kernel_KxKxCxF.shape[0]
+  pads = []
+  for size, out, (before, _) in zip(input_hw, dy_BxPxQxF.shape[1:3], padding):
+    dilated = (out - 1) * stride + 1
+    pads.append((kernel - 1 - before, size + before - dilated))
+  rotated_KxKxFxC = jnp.flip(kernel_KxKxCxF, (0, 1)).swapaxes(2, 3)
+  return jax.lax.conv_general_dilated(dy_BxPxQxF, rotated_KxKxFxC, (1, 1), pads,
+                                      lhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+
+
+def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: int, padding: Padding):
+  """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+
+  XLA's algorithm in the NHWC/HWIO layout: the images' features act as the batch and the
+  batch as the contracted feature, the input (C, H, W, B) convolved with dy (P, Q, B, F) as
+  a P x Q window with stride - 1 zeros between its taps (rhs_dilation). The padding ends the
+  input where the forward pass's last window ends.
+  """
+  pads = []
+  for size, out, (before, _) in zip(x_BxHxWxC.shape[1:3], dy_BxPxQxF.shape[1:3], padding):
+    pads.append((before, (out - 1) * stride + kernel_size - size - before))
+  grad_CxKxKxF = jax.lax.conv_general_dilated(
+      x_BxHxWxC.transpose(3, 1, 2, 0), dy_BxPxQxF.transpose(1, 2, 0, 3), (1, 1), pads,
+      rhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+  return grad_CxKxKxF.transpose(1, 2, 0, 3)
+
+
+def _space_to_depth(x_BxHxWxC, out_hw: tuple[int, int], window: int, stride: int,
+                    padding: Padding):
+  """The input, padded or cropped to the blocks the output reads, one block per pixel."""
+  batch, height, width, channels = x_BxHxWxC.shape
+  blocks_h, blocks_w = (out + window - 1 for out in out_hw)
+  (top, _), (left, _) = padding
+  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+                         ((0, 0, 0), (top, blocks_h * stride - height - top, 0),
+                          (left, blocks_w * stride - width - left, 0), (0, 0, 0)))
+  return (x_padded.reshape(batch, blocks_h, stride, blocks_w, stride, channels)
+          .transpose(0, 1, 3, 2, 4, 5)
+          .reshape(batch, blocks_h, blocks_w, stride * stride * channels))
+
+
+def _block_kernel(kernel_KxKxCxF, window: int, stride: int):
+  """The kernel, zero-filled to whole blocks, as a window x window kernel over blocks."""
+  kernel, _, channels, features = kernel_KxKxCxF.shape
+  fill = window * stride - kernel
+  return (jnp.pad(kernel_KxKxCxF, ((0, fill), (0, fill), (0, 0), (0, 0)))
+          .reshape(window, stride, window, stride, channels, features)
+          .transpose(0, 2, 1, 3, 4, 5)
+          .reshape(window, window, stride * stride * channels, features))
+
+
+def _output_hw(input_hw, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
+  return tuple((size + before + after - kernel) // stride + 1
+               for size, (before, after) in zip(input_hw, padding))
+
+
 def space_to_depth_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding):
   """`_xla_conv(x, kernel, stride, padding)` as a stride-1 convolution of space-to-depth input.
 
@@ -104,30 +182,31 @@ def space_to_depth_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding
   M = ceil(K / stride). Its input gradient is a stride-1 convolution of the output gradient,
   which XLA computes without the zeros of the strided convolution's own input gradient.
   """
-  batch, height, width, channels = x_BxHxWxC.shape
-  kernel, features = kernel_KxKxCxF.shape[0], kernel_KxKxCxF.shape[-1]
+  kernel = kernel_KxKxCxF.shape[0]
   window = -(-kernel // stride)
-  (top, bottom), (left, right) = padding
-  out_h = (height + top + bottom - kernel) // stride + 1
-  out_w = (width + left + right - kernel) // stride + 1
-  blocks_h, blocks_w = out_h + window - 1, out_w + window - 1
-  # Pads or crops (negative padding) the input to exactly the blocks the output reads.
-  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
-                         ((0, 0, 0), (top, blocks_h * stride - height - top, 0),
-                          (left, blocks_w * stride - width - left, 0), (0, 0, 0)))
-  x_blocks = (x_padded.reshape(batch, blocks_h, stride, blocks_w, stride, channels)
-              .transpose(0, 1, 3, 2, 4, 5)
-              .reshape(batch, blocks_h, blocks_w, stride * stride * channels))
-  fill = window * stride - kernel
-  kernel_blocks = (jnp.pad(kernel_KxKxCxF, ((0, fill), (0, fill), (0, 0), (0, 0)))
-                   .reshape(window, stride, window, stride, channels, features)
-                   .transpose(0, 2, 1, 3, 4, 5)
-                   .reshape(window, window, stride * stride * channels, features))
-  return _xla_conv(x_blocks, kernel_blocks, 1, ((0, 0), (0, 0)))
+  out_hw = _output_hw(x_BxHxWxC.shape[1:3], kernel, stride, padding)
+  return _xla_conv(_space_to_depth(x_BxHxWxC, out_hw, window, stride, padding),
+                   _block_kernel(kernel_KxKxCxF, window, stride), 1, ((0, 0), (0, 0)))
+
+
+def input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_like, stride: int,
+                             padding: Padding):
+  """`input_gradient` by way of `space_to_depth_conv`: a stride-1 input gradient over the
+  blocks, then the blocks back to pixels."""
+  kernel = kernel_KxKxCxF.shape[0]
+  window = -(-kernel // stride)
+  out_hw = dy_BxPxQxF.shape[1:3]
+  to_blocks = functools.partial(_space_to_depth, out_hw=out_hw, window=window, stride=stride,
+                                padding=padding)
+  blocks_hw = tuple(out + window - 1 for out in out_hw)
+  dx_blocks = input_gradient(dy_BxPxQxF, _block_kernel(kernel_KxKxCxF, window, stride),
+                             blocks_hw, 1, ((0, 0), (0, 0)))
+  (dx_BxHxWxC,) = jax.linear_transpose(to_blocks, x_like)(dx_blocks)
+  return dx_BxHxWxC
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_with_chosen_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
+def _conv_with_own_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
   return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
 
 
@@ -137,21 +216,20 @@ def _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
 
 def _conv_backward(stride, padding, algorithms, residuals, dy_BxPxQxF):
   x_BxHxWxC, kernel_KxKxCxF = residuals
-  input_conv = (space_to_depth_conv if stride > 1 and algorithms.subpixel_input_gradient()
-                else _xla_conv)
-  _, input_vjp = jax.vjp(lambda x: input_conv(x, kernel_KxKxCxF, stride, padding), x_BxHxWxC)
-  (dx_BxHxWxC,) = input_vjp(dy_BxPxQxF)
-  if algorithms.patch_kernel_gradient():
-    dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_KxKxCxF.shape[0],
-                                         stride, padding).astype(kernel_KxKxCxF.dtype)
+  size = kernel_KxKxCxF.shape[0]
+  if stride > 1 and algorithms.subpixel_input_gradient():
+    dx_BxHxWxC = input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_BxHxWxC, stride, padding)
   else:
-    _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x_BxHxWxC, k, stride, padding),
-                            kernel_KxKxCxF)
-    (dkernel,) = kernel_vjp(dy_BxPxQxF)
-  return dx_BxHxWxC, dkernel
+    dx_BxHxWxC = input_gradient(dy_BxPxQxF, kernel_KxKxCxF, x_BxHxWxC.shape[1:3], stride,
+                                padding)
+  if algorithms.patch_kernel_gradient():
+    dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, size, stride, padding)
+  else:
+    dkernel = kernel_gradient(x_BxHxWxC, dy_BxPxQxF, size, stride, padding)
+  return dx_BxHxWxC, dkernel.astype(kernel_KxKxCxF.dtype)
 
 
-_conv_with_chosen_gradients.defvjp(_conv_forward, _conv_backward)
+_conv_with_own_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 def conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int, padding,
@@ -166,8 +244,8 @@ def conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int, padding,
     padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (size, size), (stride, stride),
                                       padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if algorithms.patch_kernel_gradient() or (stride > 1 and algorithms.subpixel_input_gradient()):
-    return _conv_with_chosen_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms)
+  if algorithms.own_gradients(stride):
+    return _conv_with_own_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms)
   return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
 
 

@@ -8,6 +8,7 @@ because compiling dominates the cost on CPU.
 """
 import functools
 import math
+import re
 
 import flax
 import jax
@@ -520,9 +521,10 @@ def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradien
   loss = lambda x, w, algorithms: jnp.sum(
       convolutions.conv(x, w, 2, 'SAME', algorithms).astype(jnp.float32) ** 2)
   grads = jax.grad(loss, argnums=(0, 1))(x, weights, algorithms)
-  expected = jax.grad(loss, argnums=(0, 1))(
-      x.astype(jnp.float32), weights.astype(jnp.float32),
-      convolutions.ConvAlgorithms(input_gradient='dilated', kernel_gradient='xla'))
+  xla_loss = lambda x, w: jnp.sum(jax.lax.conv_general_dilated(
+      x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+  expected = jax.grad(xla_loss, argnums=(0, 1))(x.astype(jnp.float32),
+                                                weights.astype(jnp.float32))
   for grad, reference in zip(grads, expected):
     assert grad.dtype == jnp.bfloat16
     np.testing.assert_allclose(grad.astype(jnp.float32), reference,
@@ -533,21 +535,44 @@ def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradien
 @pytest.mark.parametrize('kernel,stride,padding', [
     (3, 2, ((0, 1), (0, 1))), (3, 2, ((1, 1), (1, 0))), (4, 2, ((1, 2), (1, 1))),
     (5, 3, ((0, 0), (0, 0))), (2, 3, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))),
-    (2, 2, ((0, 0), (1, 1)))])
-def test_space_to_depth_conv_is_the_strided_conv(kernel, stride, padding):
-  """The space-to-depth form has the strided convolution's values and input gradient."""
+    (2, 2, ((0, 0), (1, 1))), (3, 1, ((1, 1), (1, 1))), (3, 1, ((2, 2), (0, 3)))])
+def test_written_out_gradients_are_xla_s(kernel, stride, padding):
+  """The space-to-depth form has the strided convolution's values; it, and the NHWC input
+  and kernel gradients, give the gradients of JAX's own rules."""
   x = jax.random.normal(jax.random.key(0), (2, 10, 9, 3))
   weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
-  strided = lambda x: jax.lax.conv_general_dilated(x, weights, (stride, stride), padding,
-                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  blocks = lambda x: convolutions.space_to_depth_conv(x, weights, stride, padding)
-  y, strided_vjp = jax.vjp(strided, x)
-  y_blocks, blocks_vjp = jax.vjp(blocks, x)
-  np.testing.assert_allclose(y_blocks, y, rtol=1e-5, atol=1e-5)
+  strided = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y, strided_vjp = jax.vjp(strided, x, weights)
+  np.testing.assert_allclose(convolutions.space_to_depth_conv(x, weights, stride, padding), y,
+                             rtol=1e-5, atol=1e-5)
   dy = jax.random.normal(jax.random.key(2), y.shape)
-  (dx,), (dx_blocks,) = strided_vjp(dy), blocks_vjp(dy)
-  assert np.max(np.abs(dx)) > 0
-  np.testing.assert_allclose(dx_blocks, dx, rtol=1e-5, atol=1e-5)
+  dx, dw = strided_vjp(dy)
+  assert np.max(np.abs(dx)) > 0 and np.max(np.abs(dw)) > 0
+  np.testing.assert_allclose(convolutions.input_gradient(dy, weights, (10, 9), stride, padding),
+                             dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(convolutions.kernel_gradient(x, dy, kernel, stride, padding), dw,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      convolutions.input_gradient_by_blocks(dy, weights, x, stride, padding), dx,
+      rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_gradients_in_a_loop_are_nhwc_convolutions(stride):
+  """On CPU, the gradients of `conv` inside a scan are convolutions in the NHWC/HWIO layout
+  only: XLA:CPU runs other layouts inside loops on a slow generic path."""
+  loss = lambda w, x: jnp.sum(convolutions.conv(x, w, stride, 'SAME',
+                                                convolutions.ConvAlgorithms()) ** 2)
+
+  def two_steps(w, x):
+    def step(w, _):
+      grad_w, grad_x = jax.grad(loss, argnums=(0, 1))(w, x)
+      return w - 1e-3 * grad_w + jnp.mean(grad_x), None
+    return jax.lax.scan(step, w, None, length=2)[0]
+  compiled = jax.jit(two_steps).lower(jnp.ones((3, 3, 4, 8)), jnp.ones((2, 8, 8, 4))).compile()
+  labels = re.findall(r' convolution\(.*dim_labels=([^,]+)', compiled.as_text())
+  assert len(labels) >= 3 and set(labels) == {'b01f_01io->b01f'}
 
 
 @pytest.mark.parametrize('images_per_chunk', [1, 2, 3, 6])
@@ -604,14 +629,23 @@ def test_auto_gradient_algorithms_by_backend(backend, xla_flags, patches, subpix
   assert convolutions.ConvAlgorithms().subpixel_input_gradient() == subpixel
   assert convolutions.ConvAlgorithms(input_gradient='subpixel').subpixel_input_gradient()
   assert not convolutions.ConvAlgorithms(input_gradient='dilated').subpixel_input_gradient()
+  # Gradients written out here: on CPU always, elsewhere for another algorithm than XLA's.
+  on_cpu = backend == 'cpu'
+  assert convolutions.ConvAlgorithms().own_gradients(1) == on_cpu
+  assert convolutions.ConvAlgorithms().own_gradients(2) == on_cpu
+  assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(2)
+  assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(1) == on_cpu
+  assert convolutions.ConvAlgorithms(kernel_gradient='patches').own_gradients(1)
 
 
 @pytest.mark.parametrize('algorithms', [dict(kernel_gradient='patches', input_gradient='dilated'),
                                         dict(kernel_gradient='xla', input_gradient='subpixel'),
-                                        dict(kernel_gradient='patches', input_gradient='subpixel')])
-def test_gradient_algorithms_give_xla_s_model_gradients(algorithms):
+                                        dict(kernel_gradient='patches', input_gradient='subpixel'),
+                                        dict(kernel_gradient='xla', input_gradient='dilated')])
+def test_gradient_algorithms_give_xla_s_model_gradients(algorithms, monkeypatch):
   """The gradients of D's outputs for D's parameters and images (every kind of convolution
-  D has) are the same with every gradient algorithm as with XLA's own."""
+  D has) are the same with every gradient algorithm, XLA's own written out in NHWC
+  included, as with JAX's own gradient rules."""
   family = models.MODEL_FAMILIES['conv_small']
   images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1)
   d_variables = family.discriminator(10).init(jax.random.key(2), images)
@@ -625,8 +659,9 @@ def test_gradient_algorithms_give_xla_s_model_gradients(algorithms):
       logits, features = d.apply({**d_variables, 'params': d_params}, images)
       return jnp.vdot(logits, logits_cotangent) + jnp.vdot(features, features_cotangent)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(d_variables['params'], images)
-  xla_s = gradients(convolutions.ConvAlgorithms(input_gradient='dilated', kernel_gradient='xla'))
   chosen = gradients(convolutions.ConvAlgorithms(**algorithms))
+  monkeypatch.setattr(convolutions.ConvAlgorithms, 'own_gradients', lambda self, stride: False)
+  xla_s = gradients(convolutions.ConvAlgorithms())
   for ours, xla in zip(jax.tree.leaves(chosen), jax.tree.leaves(xla_s)):
     assert np.max(np.abs(xla)) > 0
     np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
