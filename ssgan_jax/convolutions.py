@@ -169,6 +169,10 @@ def _block_kernel(kernel_KxKxCxF, window: int, stride: int):
           .reshape(window, window, stride * stride * channels, features))
 
 
+def _window_in_blocks(kernel: int, stride: int) -> int:
+  return -(-kernel // stride)
+
+
 def _output_hw(input_hw, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
   return tuple((size + before + after - kernel) // stride + 1
                for size, (before, after) in zip(input_hw, padding))
@@ -183,7 +187,7 @@ def space_to_depth_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding
   which XLA computes without the zeros of the strided convolution's own input gradient.
   """
   kernel = kernel_KxKxCxF.shape[0]
-  window = -(-kernel // stride)
+  window = _window_in_blocks(kernel, stride)
   out_hw = _output_hw(x_BxHxWxC.shape[1:3], kernel, stride, padding)
   return _xla_conv(_space_to_depth(x_BxHxWxC, out_hw, window, stride, padding),
                    _block_kernel(kernel_KxKxCxF, window, stride), 1, ((0, 0), (0, 0)))
@@ -194,7 +198,7 @@ def input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_like, stride: int,
   """`input_gradient` by way of `space_to_depth_conv`: a stride-1 input gradient over the
   blocks, then the blocks back to pixels."""
   kernel = kernel_KxKxCxF.shape[0]
-  window = -(-kernel // stride)
+  window = _window_in_blocks(kernel, stride)
   out_hw = dy_BxPxQxF.shape[1:3]
   to_blocks = functools.partial(_space_to_depth, out_hw=out_hw, window=window, stride=stride,
                                 padding=padding)
