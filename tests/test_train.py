@@ -115,15 +115,17 @@ def test_ema_evaluation_is_bias_corrected():
                ema, state.disc_params)
 
 
-def conv_flagfile_config(flagfile: str) -> Config:
+def conv_flagfile_config(flagfile: str, *extra_flags: str) -> Config:
   config, _ = ssgan_main.parse_config([
       f'--flagfile={REPO / "experiments" / flagfile}', '--num_steps=2', '--batch_size=8',
-      '--eval_batch_size=40', '--num_labeled=20', '--num_validation=20'])
+      '--eval_batch_size=40', '--num_labeled=20', '--num_validation=20', *extra_flags])
   return config
 
 
-def test_svhn_flagfile_trains_end_to_end_on_mock_data(tmp_path):
-  config = conv_flagfile_config('svhn.flags')
+# The second case runs the conv step inside a scan (RESULTS.md section 14).
+@pytest.mark.parametrize('extra_flags', [(), ('--steps_per_dispatch=2', '--data_on_device=true')])
+def test_svhn_flagfile_trains_end_to_end_on_mock_data(tmp_path, extra_flags):
+  config = conv_flagfile_config('svhn.flags', *extra_flags)
   assert config.dataset == 'svhn_cropped' and config.model == 'conv_small'
   with tfds.testing.mock_data(num_examples=80):
     summary = train.train_and_evaluate(config, str(tmp_path))
