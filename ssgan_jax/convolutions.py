@@ -169,36 +169,18 @@ def _block_kernel(kernel_KxKxCxF, window: int, stride: int):
           .reshape(window, window, stride * stride * channels, features))
 
 
-def _window_in_blocks(kernel: int, stride: int) -> int:
-  return -(-kernel // stride)
-
-
-def _output_hw(input_hw, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
-  return tuple((size + before + after - kernel) // stride + 1
-               for size, (before, after) in zip(input_hw, padding))
-
-
-def space_to_depth_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding):
-  """`_xla_conv(x, kernel, stride, padding)` as a stride-1 convolution of space-to-depth input.
-
-  Each stride x stride block of the padded input becomes one pixel with stride^2 * C
-  channels, and the kernel (zero-filled to whole blocks) becomes an M x M kernel over them,
-  M = ceil(K / stride). Its input gradient is a stride-1 convolution of the output gradient,
-  which XLA computes without the zeros of the strided convolution's own input gradient.
-  """
-  kernel = kernel_KxKxCxF.shape[0]
-  window = _window_in_blocks(kernel, stride)
-  out_hw = _output_hw(x_BxHxWxC.shape[1:3], kernel, stride, padding)
-  return _xla_conv(_space_to_depth(x_BxHxWxC, out_hw, window, stride, padding),
-                   _block_kernel(kernel_KxKxCxF, window, stride), 1, ((0, 0), (0, 0)))
-
-
 def input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_like, stride: int,
                              padding: Padding):
-  """`input_gradient` by way of `space_to_depth_conv`: a stride-1 input gradient over the
-  blocks, then the blocks back to pixels."""
+  """`input_gradient` of a strided convolution without multiplying the zeros of dilated dy.
+
+  The same convolution is a stride-1 one over space-to-depth input: each stride x stride
+  block of the padded input one pixel with stride^2 * C channels, the kernel (zero-filled to
+  whole blocks) an M x M kernel over them, M = ceil(K / stride). Its input gradient is a
+  stride-1 `input_gradient` over the blocks, moved back to pixels: 16/9 of the useful
+  multiplications for a 3x3 kernel at stride 2, against 4x for dilated dy.
+  """
   kernel = kernel_KxKxCxF.shape[0]
-  window = _window_in_blocks(kernel, stride)
+  window = -(-kernel // stride)
   out_hw = dy_BxPxQxF.shape[1:3]
   to_blocks = functools.partial(_space_to_depth, out_hw=out_hw, window=window, stride=stride,
                                 padding=padding)
