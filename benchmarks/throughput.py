@@ -117,6 +117,11 @@ def model_config(model: str, batch_size: int, variant: dict) -> Config:
   return config
 
 
+# The step as XLA's own algorithms run it, one step a call: the program whose FLOPs are counted.
+PLAIN_STEP = dict(steps_per_dispatch=1, data_on_device=False, conv_transpose='dilated',
+                  conv_input_gradient='dilated', conv_kernel_gradient='xla')
+
+
 def synthetic_data(batch_size: int, image_shape: tuple, seed: int = 0):
   rng = np.random.default_rng(seed)
   images = lambda n: rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
@@ -159,21 +164,18 @@ class Case:
     self.compiled = self.trainer.fn.lower(
         *self.trainer.arguments(self.state, next(self.chunks))).compile()
     self.compile_s = time.perf_counter() - start
-    algorithms = train.conv_algorithms(self.config)
-    counted_as_run = not (self.trainer.scans or algorithms.patch_kernel_gradient()
-                          or algorithms.subpixel_input_gradient())
-    self.cost = cost_per_step(self.compiled if counted_as_run else self._plain_step_compiled(info))
+    plain = self.config.replace(**PLAIN_STEP)
+    self.cost = cost_per_step(self.compiled if plain == self.config
+                              else self._plain_step_compiled(plain, info))
     self.timings = []
 
-  def _plain_step_compiled(self, info):
-    """The one-step program of the same arithmetic with XLA's own convolution gradients.
+  def _plain_step_compiled(self, config: Config, info):
+    """The one-step program of the same arithmetic with XLA's own convolution algorithms.
 
     XLA's cost analysis counts a loop's body once (scanned steps and kernel gradients by
-    patches are loops), and the subpixel input gradient multiplies the zero taps of its
-    block kernels: this program's count is the work of the step itself, whatever algorithm
-    runs it."""
-    config = self.config.replace(steps_per_dispatch=1, data_on_device=False,
-                                 conv_input_gradient='dilated', conv_kernel_gradient='xla')
+    patches are loops), and the 'subpixel' algorithms multiply zero taps, while for XLA's
+    own convolutions over zero-dilated inputs it counts the products of real pixels only:
+    this program's count is the work of the step itself, whatever algorithm runs it."""
     setup = train.Setup.create(config, info)
     plain = parallel.DataParallelTrainer(
         lambda state, batch: train.train_step(setup, state, batch), config, self.data,

@@ -1,13 +1,15 @@
 """How the convolutions of the 32x32 models are computed: the same functions, other algorithms.
 
-Three choices, all measured in benchmarks/RESULTS.md:
-- transposed convolutions (G): 'subpixel' (a stride-1 convolution, then depth to space) or
-  'dilated' (`lax.conv_transpose`);
-- input gradients of strided convolutions (D): 'dilated' (XLA's own: a convolution over the
-  output gradient with stride - 1 zeros between pixels) or 'subpixel' (the gradient of the
-  same convolution written as a stride-1 one over space-to-depth input, which skips the
-  zeros); 'auto' is 'subpixel' on CPU and 'dilated' elsewhere;
-- kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
+The choices, all measured in benchmarks/RESULTS.md:
+- Transposed convolutions (G) and the input gradients of strided convolutions (D) are both
+  convolutions over an input with stride - 1 zeros between its pixels
+  (`dilated_input_conv`), computed by one of: 'dilated' (XLA's own: that convolution, zeros
+  included), 'phases' (one stride-1 convolution per output phase, with that phase's taps
+  only, then depth to space) or 'subpixel' (one stride-1 convolution of all phases side by
+  side, each zero-filled to a common window). With 'auto' it is 'phases' for layers of at
+  least PHASE_MIN_FEATURES output features and 'subpixel' for narrower ones: for transposed
+  convolutions on every backend, for input gradients on CPU ('dilated' elsewhere).
+- Kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
   output gradients, a batch chunk at a time); 'auto' is 'patches' where XLA:CPU runs
   convolutions with YNNPACK (see xla_cpu.py) and 'xla' elsewhere.
 
@@ -24,31 +26,39 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssgan_jax import xla_cpu
 
-CONV_TRANSPOSE_ALGORITHMS = ('subpixel', 'dilated')
-INPUT_GRADIENTS = ('auto', 'subpixel', 'dilated')
+CONV_TRANSPOSE_ALGORITHMS = ('auto', 'phases', 'subpixel', 'dilated')
+INPUT_GRADIENTS = ('auto', 'phases', 'subpixel', 'dilated')
 KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches
 # while they are multiplied, large enough to make that matmul efficient.
 PATCH_CHUNK_BYTES = 32 * 2**20
+# Below this many output features per phase, the phases' convolutions are too narrow to run
+# at the matrix units' rate, and one convolution of all phases side by side is faster on CPU
+# despite its zero taps (benchmarks/RESULTS.md section 15).
+PHASE_MIN_FEATURES = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvAlgorithms:
   """The algorithms a model's convolutions use (see the module docstring)."""
-  transpose: str = 'subpixel'
+  transpose: str = 'auto'
   input_gradient: str = 'auto'
   kernel_gradient: str = 'auto'
 
-  def subpixel_input_gradient(self) -> bool:
-    """Whether strided convolutions' input gradients skip the zeros ('auto': on CPU)."""
+  def transpose_algorithm(self, features: int) -> str:
+    """The algorithm of a transposed convolution with `features` outputs ('auto' resolved)."""
+    return _skipping_zeros(features) if self.transpose == 'auto' else self.transpose
+
+  def input_gradient_algorithm(self, channels: int) -> str:
+    """The algorithm of a strided convolution's input gradient, `channels` wide ('auto':
+    skipping the zeros on CPU)."""
     if self.input_gradient == 'auto':
-      return jax.default_backend() == 'cpu'
-    return self.input_gradient == 'subpixel'
+      return _skipping_zeros(channels) if jax.default_backend() == 'cpu' else 'dilated'
+    return self.input_gradient
 
   def patch_kernel_gradient(self) -> bool:
     """Whether kernel gradients come from patches ('auto': on JAX's default backend)."""
@@ -59,14 +69,18 @@ class ConvAlgorithms:
   def own_gradients(self, stride: int) -> bool:
     """Whether `conv` computes its gradients here (see the module docstring)."""
     return (jax.default_backend() == 'cpu' or self.patch_kernel_gradient()
-            or (stride > 1 and self.subpixel_input_gradient()))
+            or (stride > 1 and self.input_gradient in ('phases', 'subpixel')))
+
+
+def _skipping_zeros(features: int) -> str:
+  return 'phases' if features >= PHASE_MIN_FEATURES else 'subpixel'
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride: int, padding: Padding):
-  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxF, (stride, stride), padding,
+def _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride: int, padding: Padding):
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_RxSxCxF, (stride, stride), padding,
                                       dimension_numbers=_NHWC)
 
 
@@ -76,59 +90,62 @@ def images_per_chunk(batch: int, bytes_per_image: int, budget: int = PATCH_CHUNK
   return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
 
 
-def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: int,
+def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: int,
                                padding: Padding, chunk_bytes: int = PATCH_CHUNK_BYTES):
   """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
   g[i, j, c, f] = sum over images and output pixels (p, q) of
   x_padded[stride * p + i, stride * q + j, c] * dy[p, q, f]. For each chunk of images the
-  K*K shifted views of the padded input are laid side by side as a (pixels, K*K*C) patch
+  R*S shifted views of the padded input are laid side by side as a (pixels, R*S*C) patch
   matrix and multiplied by dy's (pixels, F); chunks run one after another (lax.scan), so one
   chunk's patches are in memory at a time. Returns the sum in float32.
   """
   batch, _, _, channels = x_BxHxWxC.shape
   _, out_h, out_w, features = dy_BxPxQxF.shape
-  k = kernel_size
+  rows, cols = kernel_hw
   x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
                          ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-  patch_bytes = out_h * out_w * k * k * channels * x_BxHxWxC.dtype.itemsize
+  patch_bytes = out_h * out_w * rows * cols * channels * x_BxHxWxC.dtype.itemsize
   chunk = images_per_chunk(batch, patch_bytes, chunk_bytes)
 
-  def add_chunk(grad_FxKKC, chunk_arrays):
+  def add_chunk(grad_FxRSC, chunk_arrays):
     xp_NxHxWxC, dy_NxPxQxF = chunk_arrays
     shifted = [xp_NxHxWxC[:, i:i + stride * (out_h - 1) + 1:stride,
                           j:j + stride * (out_w - 1) + 1:stride, :]
-               for i in range(k) for j in range(k)]
-    patches_RxKKC = jnp.concatenate(shifted, axis=-1).reshape(-1, k * k * channels)
-    return grad_FxKKC + jnp.matmul(dy_NxPxQxF.reshape(-1, features).T, patches_RxKKC,
+               for i in range(rows) for j in range(cols)]
+    patches_NPQxRSC = jnp.concatenate(shifted, axis=-1).reshape(-1, rows * cols * channels)
+    return grad_FxRSC + jnp.matmul(dy_NxPxQxF.reshape(-1, features).T, patches_NPQxRSC,
                                    preferred_element_type=jnp.float32), None
 
   in_chunks = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
-  grad_FxKKC, _ = jax.lax.scan(add_chunk, jnp.zeros((features, k * k * channels), jnp.float32),
+  grad_FxRSC, _ = jax.lax.scan(add_chunk,
+                               jnp.zeros((features, rows * cols * channels), jnp.float32),
                                (in_chunks(x_padded), in_chunks(dy_BxPxQxF)))
-  return grad_FxKKC.T.reshape(k, k, channels, features)
+  return grad_FxRSC.T.reshape(rows, cols, channels, features)
 
 
-def input_gradient(dy_BxPxQxF, kernel_KxKxCxF, input_hw: tuple[int, int], stride: int,
-                   padding: Padding):
+def input_gradient(dy_BxPxQxF, kernel_RxSxCxF, input_hw: tuple[int, int], stride: int,
+                   padding: Padding, algorithms: ConvAlgorithms):
   """The input gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
-  XLA's algorithm in the NHWC/HWIO layout: dy with stride - 1 zeros between its pixels
-  (lhs_dilation), convolved with the kernel turned 180 degrees, its in and out features
-  swapped. The padding makes the result input-sized: it ends at the last input row, whether
-  or not the forward pass read it.
+  XLA's algorithm in the NHWC/HWIO layout: dy with stride - 1 zeros between its pixels,
+  convolved with the kernel turned 180 degrees, its in and out features swapped, by the
+  algorithm `algorithms` chooses (`dilated_input_conv`). The padding makes the result input-sized: it ends at
+  the last input row, whether or not the forward pass read it.
   """
-  kernel = kernel_KxKxCxF.shape[0]
   pads = []
-  for size, out, (before, _) in zip(input_hw, dy_BxPxQxF.shape[1:3], padding):
+  for kernel, size, out, (before, _) in zip(kernel_RxSxCxF.shape[:2], input_hw,
+                                            dy_BxPxQxF.shape[1:3], padding):
     dilated = (out - 1) * stride + 1
     pads.append((kernel - 1 - before, size + before - dilated))
-  rotated_KxKxFxC = jnp.flip(kernel_KxKxCxF, (0, 1)).swapaxes(2, 3)
-  return jax.lax.conv_general_dilated(dy_BxPxQxF, rotated_KxKxFxC, (1, 1), pads,
-                                      lhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+  rotated_RxSxFxC = jnp.flip(kernel_RxSxCxF, (0, 1)).swapaxes(2, 3)
+  algorithm = algorithms.input_gradient_algorithm(rotated_RxSxFxC.shape[-1])
+  return dilated_input_conv(dy_BxPxQxF, rotated_RxSxFxC, stride, tuple(pads),
+                            algorithm if stride > 1 else 'dilated', algorithms)
 
 
-def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: int, padding: Padding):
+def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: int,
+                    padding: Padding):
   """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
   XLA's algorithm in the NHWC/HWIO layout: the images' features act as the batch and the
@@ -137,147 +154,149 @@ def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_size: int, stride: int, paddin
   input where the forward pass's last window ends.
   """
   pads = []
-  for size, out, (before, _) in zip(x_BxHxWxC.shape[1:3], dy_BxPxQxF.shape[1:3], padding):
-    pads.append((before, (out - 1) * stride + kernel_size - size - before))
-  grad_CxKxKxF = jax.lax.conv_general_dilated(
+  for kernel, size, out, (before, _) in zip(kernel_hw, x_BxHxWxC.shape[1:3],
+                                            dy_BxPxQxF.shape[1:3], padding):
+    pads.append((before, (out - 1) * stride + kernel - size - before))
+  grad_CxRxSxF = jax.lax.conv_general_dilated(
       x_BxHxWxC.transpose(3, 1, 2, 0), dy_BxPxQxF.transpose(1, 2, 0, 3), (1, 1), pads,
       rhs_dilation=(stride, stride), dimension_numbers=_NHWC)
-  return grad_CxKxKxF.transpose(1, 2, 0, 3)
-
-
-def _space_to_depth(x_BxHxWxC, out_hw: tuple[int, int], window: int, stride: int,
-                    padding: Padding):
-  """The input, padded or cropped to the blocks the output reads, one block per pixel."""
-  batch, height, width, channels = x_BxHxWxC.shape
-  blocks_h, blocks_w = (out + window - 1 for out in out_hw)
-  (top, _), (left, _) = padding
-  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
-                         ((0, 0, 0), (top, blocks_h * stride - height - top, 0),
-                          (left, blocks_w * stride - width - left, 0), (0, 0, 0)))
-  return (x_padded.reshape(batch, blocks_h, stride, blocks_w, stride, channels)
-          .transpose(0, 1, 3, 2, 4, 5)
-          .reshape(batch, blocks_h, blocks_w, stride * stride * channels))
-
-
-def _block_kernel(kernel_KxKxCxF, window: int, stride: int):
-  """The kernel, zero-filled to whole blocks, as a window x window kernel over blocks."""
-  kernel, _, channels, features = kernel_KxKxCxF.shape
-  fill = window * stride - kernel
-  return (jnp.pad(kernel_KxKxCxF, ((0, fill), (0, fill), (0, 0), (0, 0)))
-          .reshape(window, stride, window, stride, channels, features)
-          .transpose(0, 2, 1, 3, 4, 5)
-          .reshape(window, window, stride * stride * channels, features))
-
-
-def input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_like, stride: int,
-                             padding: Padding):
-  """`input_gradient` of a strided convolution without multiplying the zeros of dilated dy.
-
-  The same convolution is a stride-1 one over space-to-depth input: each stride x stride
-  block of the padded input one pixel with stride^2 * C channels, the kernel (zero-filled to
-  whole blocks) an M x M kernel over them, M = ceil(K / stride). Its input gradient is a
-  stride-1 `input_gradient` over the blocks, moved back to pixels: 16/9 of the useful
-  multiplications for a 3x3 kernel at stride 2, against 4x for dilated dy.
-  """
-  kernel = kernel_KxKxCxF.shape[0]
-  window = -(-kernel // stride)
-  out_hw = dy_BxPxQxF.shape[1:3]
-  to_blocks = functools.partial(_space_to_depth, out_hw=out_hw, window=window, stride=stride,
-                                padding=padding)
-  blocks_hw = tuple(out + window - 1 for out in out_hw)
-  dx_blocks = input_gradient(dy_BxPxQxF, _block_kernel(kernel_KxKxCxF, window, stride),
-                             blocks_hw, 1, ((0, 0), (0, 0)))
-  (dx_BxHxWxC,) = jax.linear_transpose(to_blocks, x_like)(dx_blocks)
-  return dx_BxHxWxC
+  return grad_CxRxSxF.transpose(1, 2, 0, 3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_with_own_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
-  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+def _conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms):
+  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
 
 
-def _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms):
-  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding), (x_BxHxWxC, kernel_KxKxCxF)
+def _conv_forward(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms):
+  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding), (x_BxHxWxC, kernel_RxSxCxF)
 
 
 def _conv_backward(stride, padding, algorithms, residuals, dy_BxPxQxF):
-  x_BxHxWxC, kernel_KxKxCxF = residuals
-  size = kernel_KxKxCxF.shape[0]
-  if stride > 1 and algorithms.subpixel_input_gradient():
-    dx_BxHxWxC = input_gradient_by_blocks(dy_BxPxQxF, kernel_KxKxCxF, x_BxHxWxC, stride, padding)
-  else:
-    dx_BxHxWxC = input_gradient(dy_BxPxQxF, kernel_KxKxCxF, x_BxHxWxC.shape[1:3], stride,
-                                padding)
+  x_BxHxWxC, kernel_RxSxCxF = residuals
+  kernel_hw = kernel_RxSxCxF.shape[:2]
+  dx_BxHxWxC = input_gradient(dy_BxPxQxF, kernel_RxSxCxF, x_BxHxWxC.shape[1:3], stride, padding,
+                              algorithms)
   if algorithms.patch_kernel_gradient():
-    dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, size, stride, padding)
+    dkernel = kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw, stride, padding)
   else:
-    dkernel = kernel_gradient(x_BxHxWxC, dy_BxPxQxF, size, stride, padding)
-  return dx_BxHxWxC, dkernel.astype(kernel_KxKxCxF.dtype)
+    dkernel = kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_hw, stride, padding)
+  return dx_BxHxWxC, dkernel.astype(kernel_RxSxCxF.dtype)
 
 
 _conv_with_own_gradients.defvjp(_conv_forward, _conv_backward)
 
 
-def conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int, padding,
+def conv(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int, padding,
          algorithms: ConvAlgorithms) -> jax.Array:
-  """`lax.conv_general_dilated` of NHWC images with a square HWIO kernel.
+  """`lax.conv_general_dilated` of NHWC images with an HWIO kernel.
 
   `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value is XLA's; the
   input and kernel gradients are computed as `algorithms` says.
   """
-  size = kernel_KxKxCxF.shape[0]
   if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (size, size), (stride, stride),
-                                      padding)
+    padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], kernel_RxSxCxF.shape[:2],
+                                      (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   if algorithms.own_gradients(stride):
-    return _conv_with_own_gradients(x_BxHxWxC, kernel_KxKxCxF, stride, padding, algorithms)
-  return _xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
+    return _conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms)
+  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
 
 
-def subpixel_taps(kernel: int, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
-  """Where the kernel taps of a 'SAME' transposed convolution land, per output phase.
+Phase = tuple[int, int, int]      # along one axis: first tap, number of taps, first offset
+Window = tuple[int, int]          # along one axis: first and last offset read
 
-  Output row o = stride * p + r reads input rows p + d only. Returns taps_SxM: the tap of
-  the (kernel-long) kernel that phase r applies at offset d = first_offset + m, or `kernel`
-  where it applies none; and the (before, after) zero padding of the input that covers
-  the offsets. The padding is lax.conv_transpose's 'SAME' padding of the dilated input.
+
+def _phases(kernel: int, stride: int, before: int) -> list[Phase]:
+  """Which taps each output phase of `dilated_input_conv` applies, along one axis.
+
+  Output row o = stride * u + r (phase r) reads the zero-dilated input's rows o - before + t,
+  which are input rows where r + t - before is a multiple of the stride: row u + d for
+  d = (r + t - before) / stride. So phase r applies every stride-th tap from its first, at
+  consecutive offsets d. A phase without taps (a kernel shorter than the stride) gets
+  offset 0.
   """
-  pad_total = kernel + stride - 2
-  pad_before = kernel - 1 if stride > kernel - 1 else -(-pad_total // 2)
-  offsets = {(r, (r + t - pad_before) // stride): t
-             for r in range(stride) for t in range(kernel)
-             if (r + t - pad_before) % stride == 0}
-  first = min(d for _, d in offsets)
-  last = max(d for _, d in offsets)
-  taps_SxM = np.full((stride, last - first + 1), kernel)
-  for (r, d), t in offsets.items():
-    taps_SxM[r, d - first] = t
-  return taps_SxM, (-first, last)
+  phases = []
+  for r in range(stride):
+    first_tap = (before - r) % stride
+    taps = len(range(first_tap, kernel, stride))
+    phases.append((first_tap, taps, (r + first_tap - before) // stride if taps else 0))
+  return phases
 
 
-def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array, stride: int,
+def _phase_kernel(kernel_RxSxCxF, stride: int, phase_pair: tuple[Phase, Phase],
+                  windows: tuple[Window, Window]):
+  """The taps of phase (r, s) as a kernel over the offsets `windows`, zero elsewhere."""
+  (tap_r, _, _), (tap_s, _, _) = phase_pair
+  fill = [(offset - first, last - offset - taps + 1, 0)
+          for (_, taps, offset), (first, last) in zip(phase_pair, windows)]
+  return jax.lax.pad(kernel_RxSxCxF[tap_r::stride, tap_s::stride],
+                     jnp.zeros((), kernel_RxSxCxF.dtype), (*fill, (0, 0, 0), (0, 0, 0)))
+
+
+def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
+                       algorithm: str, algorithms: ConvAlgorithms) -> jax.Array:
+  """`lax.conv_general_dilated(y, kernel, 1, padding, lhs_dilation=stride)` in NHWC/HWIO.
+
+  The convolution over y with stride - 1 zeros between its pixels, which a transposed
+  convolution and a strided convolution's input gradient both are. 'dilated' is that call
+  (with JAX's gradient rules). The others skip the zeros: each output phase (r, s) is a
+  stride-1 convolution of y itself with the taps that phase applies (`_phases`), and depth
+  to space puts the phases' pixels in place. 'phases' runs one convolution per phase with
+  its own taps (a 3x3 kernel at stride 2: 1x1, 1x2, 2x1 and 2x2); 'subpixel' one
+  convolution of all phases side by side, each zero-filled to the common window (2x2 each:
+  16 taps for 9). Their convolutions' gradients are `conv`'s, as `algorithms` says.
+  """
+  if algorithm == 'dilated':
+    return jax.lax.conv_general_dilated(y_BxPxQxC, kernel_RxSxCxF, (1, 1), padding,
+                                        lhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+  batch, *in_hw, _ = y_BxPxQxC.shape
+  features = kernel_RxSxCxF.shape[-1]
+  out_hw = [(size - 1) * stride + before + after - kernel + 2
+            for size, kernel, (before, after) in zip(in_hw, kernel_RxSxCxF.shape[:2], padding)]
+  # Every phase computes the rows of phase 0, the longest; depth to space then crops.
+  rows_hw = [-(-out // stride) for out in out_hw]
+  phases_r, phases_s = (_phases(kernel, stride, before)
+                        for kernel, (before, _) in zip(kernel_RxSxCxF.shape[:2], padding))
+  phase_pairs = [(r, s) for r in phases_r for s in phases_s]
+  reading = lambda windows: tuple((-first, rows - 1 + last - (size - 1))
+                                  for (first, last), rows, size in zip(windows, rows_hw, in_hw))
+  if algorithm == 'subpixel':
+    windows = tuple((min(offset for _, taps, offset in phases if taps),
+                     max(offset + taps - 1 for _, taps, offset in phases))
+                    for phases in (phases_r, phases_s))
+    sub_RxSxCxSSF = jnp.concatenate(
+        [_phase_kernel(kernel_RxSxCxF, stride, pair, windows) for pair in phase_pairs], axis=-1)
+    z_BxNxMxSSF = conv(y_BxPxQxC, sub_RxSxCxSSF, 1, reading(windows), algorithms)
+  else:
+    phase_outputs = []
+    for pair in phase_pairs:
+      if any(taps == 0 for _, taps, _ in pair):
+        phase_outputs.append(jnp.zeros((batch, *rows_hw, features),
+                                       jnp.result_type(y_BxPxQxC, kernel_RxSxCxF)))
+        continue
+      windows = tuple((offset, offset + taps - 1) for _, taps, offset in pair)
+      phase_outputs.append(conv(y_BxPxQxC, _phase_kernel(kernel_RxSxCxF, stride, pair, windows),
+                                1, reading(windows), algorithms))
+    z_BxNxMxSSF = jnp.concatenate(phase_outputs, axis=-1)
+  (rows, cols), (out_h, out_w) = rows_hw, out_hw
+  return (z_BxNxMxSSF.reshape(batch, rows, cols, stride, stride, features)
+          .transpose(0, 1, 3, 2, 4, 5)
+          .reshape(batch, rows * stride, cols * stride, features)[:, :out_h, :out_w])
+
+
+def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int,
                         algorithms: ConvAlgorithms) -> jax.Array:
   """`lax.conv_transpose(x, kernel, (stride, stride), 'SAME')`, Flax ConvTranspose's function.
 
-  'dilated' is that call: a convolution over the input with stride - 1 zeros between pixels.
-  'subpixel' convolves the input itself, with stride^2 sub-kernels side by side (one per
-  output phase, made of the taps that phase uses), then moves each phase's channels to its
-  pixels (depth to space). The arithmetic is the same up to float rounding; XLA:CPU runs
-  the dilated form and its kernel gradient through a slow path (benchmarks/RESULTS.md).
+  That is a convolution over x with stride - 1 zeros between its pixels and lax's 'SAME'
+  padding, computed by `dilated_input_conv` with the algorithm `algorithms` chooses for the
+  layer's width. XLA:CPU runs the dilated form and its kernel gradient through a slow path
+  (benchmarks/RESULTS.md, sections 7 and 15).
   """
-  if algorithms.transpose == 'dilated':
-    return jax.lax.conv_transpose(x_BxHxWxC, kernel_KxKxCxF, (stride, stride), 'SAME',
-                                  dimension_numbers=_NHWC)
-  kernel, _, in_features, features = kernel_KxKxCxF.shape
-  taps_SxM, padding = subpixel_taps(kernel, stride)
-  window = taps_SxM.shape[1]
-  padded_kernel = jnp.pad(kernel_KxKxCxF, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap `kernel` = 0
-  sub_SxSxMxMxCxF = padded_kernel[taps_SxM[:, None, :, None], taps_SxM[None, :, None, :]]
-  sub_MxMxCxSSF = sub_SxSxMxMxCxF.transpose(2, 3, 4, 0, 1, 5).reshape(
-      window, window, in_features, stride * stride * features)
-  y_BxHxWxSSF = conv(x_BxHxWxC, sub_MxMxCxSSF, 1, (padding, padding), algorithms)
-  batch, height, width, _ = y_BxHxWxSSF.shape
-  return (y_BxHxWxSSF.reshape(batch, height, width, stride, stride, features)
-          .transpose(0, 1, 3, 2, 4, 5)
-          .reshape(batch, height * stride, width * stride, features))
+  padding = []
+  for kernel in kernel_RxSxCxF.shape[:2]:
+    before = kernel - 1 if stride > kernel - 1 else -(-(kernel + stride - 2) // 2)
+    padding.append((before, kernel + stride - 2 - before))
+  return dilated_input_conv(x_BxHxWxC, kernel_RxSxCxF, stride, tuple(padding),
+                            algorithms.transpose_algorithm(kernel_RxSxCxF.shape[-1]), algorithms)

@@ -477,7 +477,8 @@ def assert_same_function(ours, flax_module, x, output_shape):
 @pytest.mark.parametrize('kernel,stride', [(5, 2), (4, 2), (3, 2), (2, 2), (1, 2), (5, 3),
                                            (3, 1)])
 # The dilated algorithm is one XLA op, whose kernel gradient is XLA's.
-@pytest.mark.parametrize('algorithm,kernel_gradient', [('subpixel', 'patches'),
+@pytest.mark.parametrize('algorithm,kernel_gradient', [('phases', 'patches'), ('phases', 'xla'),
+                                                       ('subpixel', 'patches'),
                                                        ('subpixel', 'xla'), ('dilated', 'xla')])
 def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel_gradient):
   """Every algorithm gives nn.ConvTranspose's 'SAME' outputs and gradients, from the same
@@ -496,7 +497,8 @@ def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel
                                                    (4, 2, 'SAME'), (5, 3, 'VALID')])
 @pytest.mark.parametrize('input_gradient,kernel_gradient', [('subpixel', 'patches'),
                                                             ('dilated', 'patches'),
-                                                            ('subpixel', 'xla')])
+                                                            ('subpixel', 'xla'),
+                                                            ('phases', 'xla')])
 def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradient):
   """D's convolution gives nn.Conv's outputs and gradients with every gradient algorithm."""
   ours = models.Conv(4, kernel, stride, padding, convolutions.ConvAlgorithms(
@@ -509,7 +511,7 @@ def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradi
   assert_same_function(ours, flax_conv, x, output_shape)
 
 
-@pytest.mark.parametrize('input_gradient', ['subpixel', 'dilated'])
+@pytest.mark.parametrize('input_gradient', ['phases', 'subpixel', 'dilated'])
 @pytest.mark.parametrize('kernel_gradient', ['patches', 'xla'])
 def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradient):
   """bfloat16 images and kernel (--compute_dtype=bfloat16): gradients in bfloat16, close to
@@ -531,28 +533,33 @@ def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradien
                                rtol=0.05, atol=0.05 * np.max(np.abs(reference)))
 
 
-# Heights and widths whose blocks need padding, fit exactly, or leave input rows unread.
-@pytest.mark.parametrize('kernel,stride,padding', [
-    (3, 2, ((0, 1), (0, 1))), (3, 2, ((1, 1), (1, 0))), (4, 2, ((1, 2), (1, 1))),
-    (5, 3, ((0, 0), (0, 0))), (2, 3, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))),
-    (2, 2, ((0, 0), (1, 1))), (3, 1, ((1, 1), (1, 1))), (3, 1, ((2, 2), (0, 3)))])
-def test_written_out_gradients_are_xla_s(kernel, stride, padding):
-  """The NHWC input and kernel gradients, and the input gradient over space-to-depth blocks,
-  are the gradients of JAX's own rules."""
+# Heights and widths whose blocks need padding, fit exactly, or leave input rows unread;
+# square and rectangular kernels.
+@pytest.mark.parametrize('kernel_hw,stride,padding', [
+    ((3, 3), 2, ((0, 1), (0, 1))), ((3, 3), 2, ((1, 1), (1, 0))), ((4, 4), 2, ((1, 2), (1, 1))),
+    ((5, 5), 3, ((0, 0), (0, 0))), ((2, 2), 3, ((0, 0), (0, 0))), ((1, 1), 2, ((0, 0), (0, 0))),
+    ((2, 2), 2, ((0, 0), (1, 1))), ((3, 3), 1, ((1, 1), (1, 1))), ((3, 3), 1, ((2, 2), (0, 3))),
+    ((2, 3), 1, ((1, 0), (1, 1))), ((3, 2), 2, ((1, 1), (0, 1))), ((5, 3), 3, ((0, 0), (1, 0)))])
+def test_written_out_gradients_are_xla_s(kernel_hw, stride, padding):
+  """The NHWC input gradients by every algorithm and the kernel gradients by XLA's and by
+  patches are the gradients of JAX's own rules."""
   x = jax.random.normal(jax.random.key(0), (2, 10, 9, 3))
-  weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  weights = jax.random.normal(jax.random.key(1), (*kernel_hw, 3, 4))
   strided = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
                                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   y, strided_vjp = jax.vjp(strided, x, weights)
   dy = jax.random.normal(jax.random.key(2), y.shape)
   dx, dw = strided_vjp(dy)
   assert np.max(np.abs(dx)) > 0 and np.max(np.abs(dw)) > 0
-  np.testing.assert_allclose(convolutions.input_gradient(dy, weights, (10, 9), stride, padding),
-                             dx, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(convolutions.kernel_gradient(x, dy, kernel, stride, padding), dw,
+  for algorithm in ('dilated', 'phases', 'subpixel'):
+    algorithms = convolutions.ConvAlgorithms(input_gradient=algorithm)
+    np.testing.assert_allclose(
+        convolutions.input_gradient(dy, weights, (10, 9), stride, padding, algorithms), dx,
+        rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(convolutions.kernel_gradient(x, dy, kernel_hw, stride, padding), dw,
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      convolutions.input_gradient_by_blocks(dy, weights, x, stride, padding), dx,
+      convolutions.kernel_gradient_by_patches(x, dy, kernel_hw, stride, padding), dw,
       rtol=1e-5, atol=1e-5)
 
 
@@ -587,7 +594,7 @@ def test_kernel_gradient_by_patches_over_chunks(images_per_chunk):
   patch_bytes = dy.shape[1] * dy.shape[2] * 4 * 4 * 5 * 4
   assert convolutions.images_per_chunk(6, patch_bytes, images_per_chunk * patch_bytes) == (
       images_per_chunk)
-  grad = convolutions.kernel_gradient_by_patches(x, dy, 4, 2, padding,
+  grad = convolutions.kernel_gradient_by_patches(x, dy, (4, 4), 2, padding,
                                                  chunk_bytes=images_per_chunk * patch_bytes)
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
@@ -600,7 +607,7 @@ def test_kernel_gradient_by_patches_sums_bfloat16_in_float32():
   conv = lambda k: jax.lax.conv_general_dilated(x.astype(jnp.float32), k, (1, 1), padding,
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   (expected,) = jax.vjp(conv, jnp.zeros((3, 3, 16, 8)))[1](dy.astype(jnp.float32))
-  grad = convolutions.kernel_gradient_by_patches(x, dy, 3, 1, padding, chunk_bytes=1)
+  grad = convolutions.kernel_gradient_by_patches(x, dy, (3, 3), 1, padding, chunk_bytes=1)
   assert grad.dtype == jnp.float32
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
@@ -611,34 +618,42 @@ def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images,
   assert convolutions.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
 
 
-@pytest.mark.parametrize('backend,xla_flags,patches,subpixel', [
-    ('cpu', '', True, True),  # jaxlib's default: YNNPACK convolutions
-    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False, True),  # ssgan_jax's default
-    ('gpu', '', False, False), ('tpu', '', False, False)])
-def test_auto_gradient_algorithms_by_backend(backend, xla_flags, patches, subpixel,
-                                             monkeypatch):
+@pytest.mark.parametrize('backend,xla_flags,patches', [
+    ('cpu', '', True),  # jaxlib's default: YNNPACK convolutions
+    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False),  # ssgan_jax's default
+    ('gpu', '', False), ('tpu', '', False)])
+def test_auto_gradient_algorithms_by_backend(backend, xla_flags, patches, monkeypatch):
   """'auto' kernel gradients are patches where YNNPACK convolves on CPU; 'auto' strided
-  input gradients are subpixel on CPU. Named algorithms hold everywhere."""
+  input gradients skip the zeros on CPU, by phase from PHASE_MIN_FEATURES channels.
+  Named algorithms hold everywhere."""
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   monkeypatch.setenv('XLA_FLAGS', xla_flags)
   assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
   assert convolutions.ConvAlgorithms(kernel_gradient='patches').patch_kernel_gradient()
   assert not convolutions.ConvAlgorithms(kernel_gradient='xla').patch_kernel_gradient()
-  assert convolutions.ConvAlgorithms().subpixel_input_gradient() == subpixel
-  assert convolutions.ConvAlgorithms(input_gradient='subpixel').subpixel_input_gradient()
-  assert not convolutions.ConvAlgorithms(input_gradient='dilated').subpixel_input_gradient()
-  # Gradients written out here: on CPU always, elsewhere for another algorithm than XLA's.
   on_cpu = backend == 'cpu'
+  wide, narrow = convolutions.PHASE_MIN_FEATURES, convolutions.PHASE_MIN_FEATURES - 1
+  auto = convolutions.ConvAlgorithms()
+  assert auto.input_gradient_algorithm(wide) == ('phases' if on_cpu else 'dilated')
+  assert auto.input_gradient_algorithm(narrow) == ('subpixel' if on_cpu else 'dilated')
+  for name in ('phases', 'subpixel', 'dilated'):
+    for channels in (wide, narrow):
+      assert convolutions.ConvAlgorithms(input_gradient=name).input_gradient_algorithm(
+          channels) == name
+  # Gradients written out here: on CPU always, elsewhere for another algorithm than XLA's.
   assert convolutions.ConvAlgorithms().own_gradients(1) == on_cpu
   assert convolutions.ConvAlgorithms().own_gradients(2) == on_cpu
   assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(2)
   assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(1) == on_cpu
+  assert convolutions.ConvAlgorithms(input_gradient='phases').own_gradients(2)
+  assert convolutions.ConvAlgorithms(input_gradient='dilated').own_gradients(2) == on_cpu
   assert convolutions.ConvAlgorithms(kernel_gradient='patches').own_gradients(1)
 
 
 @pytest.mark.parametrize('algorithms', [dict(kernel_gradient='patches', input_gradient='dilated'),
                                         dict(kernel_gradient='xla', input_gradient='subpixel'),
                                         dict(kernel_gradient='patches', input_gradient='subpixel'),
+                                        dict(kernel_gradient='xla', input_gradient='phases'),
                                         dict(kernel_gradient='xla', input_gradient='dilated')])
 def test_gradient_algorithms_give_xla_s_model_gradients(algorithms, monkeypatch):
   """The gradients of D's outputs for D's parameters and images (every kind of convolution
@@ -665,11 +680,26 @@ def test_gradient_algorithms_give_xla_s_model_gradients(algorithms, monkeypatch)
     np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
 
 
-def test_generator_algorithms_give_the_same_images():
+@pytest.mark.parametrize('algorithm', ['phases', 'subpixel', 'dilated'])
+def test_generator_algorithms_give_the_same_images(algorithm):
+  """G's images with each transposed-convolution algorithm are those of the default."""
   _, variables, z, apply = generator('conv_small')
-  dilated = models.MODEL_FAMILIES['conv_small'].generator(
-      IMAGE_SHAPE['conv_small'], None, convolutions.ConvAlgorithms(transpose='dilated'))
+  chosen = models.MODEL_FAMILIES['conv_small'].generator(
+      IMAGE_SHAPE['conv_small'], None, convolutions.ConvAlgorithms(transpose=algorithm))
   images, _ = apply(variables, z)
-  dilated_images, _ = jax.jit(functools.partial(dilated.apply, mutable=['batch_stats']))(
+  chosen_images, _ = jax.jit(functools.partial(chosen.apply, mutable=['batch_stats']))(
       variables, z)
-  np.testing.assert_allclose(dilated_images, images, atol=1e-5)
+  np.testing.assert_allclose(chosen_images, images, atol=1e-5)
+
+
+def test_auto_transpose_algorithm_by_width():
+  """'auto' convolves phase by phase from PHASE_MIN_FEATURES output features, all phases
+  side by side below; named algorithms hold for every width."""
+  auto = convolutions.ConvAlgorithms()
+  assert auto.transpose_algorithm(convolutions.PHASE_MIN_FEATURES) == 'phases'
+  assert auto.transpose_algorithm(256) == 'phases'
+  assert auto.transpose_algorithm(convolutions.PHASE_MIN_FEATURES - 1) == 'subpixel'
+  assert auto.transpose_algorithm(3) == 'subpixel'
+  for name in ('phases', 'subpixel', 'dilated'):
+    assert convolutions.ConvAlgorithms(transpose=name).transpose_algorithm(3) == name
+    assert convolutions.ConvAlgorithms(transpose=name).transpose_algorithm(256) == name

@@ -99,8 +99,8 @@ def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32()
     (dict(parallel='xmap'), '--parallel=xmap: allowed: pmap, shard_map'),
     (dict(compute_dtype='float16'), '--compute_dtype=float16: allowed: float32, bfloat16'),
     (dict(steps_per_dispatch=0), '--steps_per_dispatch=0: must be >= 1'),
-    (dict(conv_transpose='fft'), '--conv_transpose=fft: allowed: subpixel, dilated'),
-    (dict(conv_input_gradient='fft'), '--conv_input_gradient=fft: allowed: auto, subpixel, dilated'),
+    (dict(conv_transpose='fft'), '--conv_transpose=fft: allowed: auto, phases, subpixel, dilated'),
+    (dict(conv_input_gradient='fft'), '--conv_input_gradient=fft: allowed: auto, phases, subpixel, dilated'),
     (dict(conv_kernel_gradient='fft'), '--conv_kernel_gradient=fft: allowed: auto, patches, xla'),
 ])
 def test_bad_speed_settings_are_named(changes, message):

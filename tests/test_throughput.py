@@ -37,19 +37,20 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
 
 
 def test_gradient_algorithms_are_counted_at_xla_s_flops(tmp_path):
-  """Each variant's FLOPs are those of the step with XLA's own gradients, counted from the
+  """Each variant's FLOPs are those of the step with XLA's own algorithms, counted from the
   program that runs it: the patches' chunk loop (XLA counts a loop's body once) must not
-  hide FLOPs, nor the subpixel input gradient's zero taps add any."""
-  xla_s = 'conv_input_gradient=dilated,conv_kernel_gradient=xla'
+  hide FLOPs, nor the subpixel algorithms' zero taps add any."""
+  xla_s = 'conv_transpose=dilated,conv_input_gradient=dilated,conv_kernel_gradient=xla'
   result = run_module('benchmarks.throughput', '--models=conv_small', '--batch_sizes=2',
                       '--steps=1', '--warmup=0', '--repeats=1', '--matmul_size=64',
                       '--variant=conv_input_gradient=dilated,conv_kernel_gradient=patches',
-                      '--variant=conv_input_gradient=subpixel,conv_kernel_gradient=xla',
+                      '--variant=conv_transpose=subpixel,conv_input_gradient=subpixel',
+                      '--variant=conv_transpose=phases,conv_input_gradient=phases',
                       f'--variant={xla_s}', f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
   flops = {r['variant']: r['flops_per_step'] for r in records if r['kind'] == 'jax'}
-  assert len(flops) == 3 and len(set(flops.values())) == 1 and flops[xla_s] > 1e9
+  assert len(flops) == 4 and len(set(flops.values())) == 1 and flops[xla_s] > 1e9
 
 
 def test_torch_reference_is_timed_in_the_same_round_robin(tmp_path):
@@ -71,7 +72,7 @@ def test_torch_reference_is_timed_in_the_same_round_robin(tmp_path):
     ('--batch_sizes=100,0', '--batch_sizes=100,0: must be positive integers'),
     ('--variant=compute_dtype', '--variant=compute_dtype: must be comma-separated name=value'),
     ('--variant=conv_input_gradient=fft',
-     '--variant=conv_input_gradient=fft: --conv_input_gradient=fft: allowed: auto, subpixel'),
+     '--variant=conv_input_gradient=fft: --conv_input_gradient=fft: allowed: auto, phases'),
     ('--torch_modes=jit', '--torch_modes=jit: allowed: eager, compile'),
 ])
 def test_bad_flags_exit_2_with_one_line_before_any_work(flag, message, tmp_path):
