@@ -258,7 +258,6 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
   rows_hw = [-(-out // stride) for out in out_hw]
   phases_r, phases_s = (_phases(kernel, stride, before)
                         for kernel, (before, _) in zip(kernel_RxSxCxF.shape[:2], padding))
-  phase_pairs = [(r, s) for r in phases_r for s in phases_s]
   reading = lambda windows: tuple((-first, rows - 1 + last - (size - 1))
                                   for (first, last), rows, size in zip(windows, rows_hw, in_hw))
   if algorithm == 'subpixel':
@@ -266,23 +265,23 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
                      max(offset + taps - 1 for _, taps, offset in phases))
                     for phases in (phases_r, phases_s))
     sub_RxSxCxSSF = jnp.concatenate(
-        [_phase_kernel(kernel_RxSxCxF, stride, pair, windows) for pair in phase_pairs], axis=-1)
+        [_phase_kernel(kernel_RxSxCxF, stride, (r, s), windows)
+         for r in phases_r for s in phases_s], axis=-1)
     z_BxNxMxSSF = conv(y_BxPxQxC, sub_RxSxCxSSF, 1, reading(windows), algorithms)
+    z_BxNxSxMxSxF = z_BxNxMxSSF.reshape(batch, *rows_hw, stride, stride, features).transpose(
+        0, 1, 3, 2, 4, 5)
   else:
-    phase_outputs = []
-    for pair in phase_pairs:
+    def phase_output(pair):
       if any(taps == 0 for _, taps, _ in pair):
-        phase_outputs.append(jnp.zeros((batch, *rows_hw, features),
-                                       jnp.result_type(y_BxPxQxC, kernel_RxSxCxF)))
-        continue
+        return jnp.zeros((batch, *rows_hw, features), jnp.result_type(y_BxPxQxC, kernel_RxSxCxF))
       windows = tuple((offset, offset + taps - 1) for _, taps, offset in pair)
-      phase_outputs.append(conv(y_BxPxQxC, _phase_kernel(kernel_RxSxCxF, stride, pair, windows),
-                                1, reading(windows), algorithms))
-    z_BxNxMxSSF = jnp.concatenate(phase_outputs, axis=-1)
+      return conv(y_BxPxQxC, _phase_kernel(kernel_RxSxCxF, stride, pair, windows), 1,
+                  reading(windows), algorithms)
+    # Stacked straight into depth-to-space order: one pass over the output.
+    z_BxNxSxMxSxF = jnp.stack([jnp.stack([phase_output((r, s)) for s in phases_s], axis=3)
+                               for r in phases_r], axis=2)
   (rows, cols), (out_h, out_w) = rows_hw, out_hw
-  return (z_BxNxMxSSF.reshape(batch, rows, cols, stride, stride, features)
-          .transpose(0, 1, 3, 2, 4, 5)
-          .reshape(batch, rows * stride, cols * stride, features)[:, :out_h, :out_w])
+  return z_BxNxSxMxSxF.reshape(batch, rows * stride, cols * stride, features)[:, :out_h, :out_w]
 
 
 def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int,
