@@ -36,10 +36,11 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches
 # while they are multiplied, large enough to make that matmul efficient.
 PATCH_CHUNK_BYTES = 32 * 2**20
-# Below this many output features per phase, the phases' convolutions are too narrow to run
-# at the matrix units' rate, and one convolution of all phases side by side is faster on CPU
-# despite its zero taps (benchmarks/RESULTS.md section 15).
-PHASE_MIN_FEATURES = 32
+# From this many output features up, one convolution per phase ('phases') was faster on CPU
+# than all phases side by side ('subpixel'); narrower phases' convolutions run too far below
+# the matrix units' rate, and the side-by-side one was faster despite its zero taps. At 32
+# the two traded places from run to run (benchmarks/RESULTS.md section 15).
+PHASE_MIN_FEATURES = 64
 
 
 @dataclasses.dataclass(frozen=True)
