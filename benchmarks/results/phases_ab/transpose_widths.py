@@ -1,0 +1,38 @@
+"""G-like transposed convolutions (5x5, stride 2, 100 images) by 'phases' and by 'subpixel':
+the forward pass, and the forward pass with input and kernel gradients, best of 9 calls each,
+for a range of output widths. Run from the repository root with PYTHONPATH=."""
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ssgan_jax import convolutions
+
+
+def best_time(fn, *args, calls=9):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+print(f'jax {jax.__version__}, backend {jax.default_backend()}')
+key = jax.random.key(0)
+for batch, size, channels, features in [(100, 16, 128, 3), (100, 16, 128, 8), (100, 16, 128, 16),
+                                        (100, 16, 128, 32), (100, 16, 128, 64),
+                                        (100, 8, 256, 128), (100, 4, 512, 256)]:
+  x = jax.random.normal(key, (batch, size, size, channels))
+  kernel = 0.05 * jax.random.normal(key, (5, 5, channels, features))
+  cotangent = jax.random.normal(key, (batch, 2 * size, 2 * size, features))
+  row = []
+  for algorithm in ('phases', 'subpixel'):
+    algorithms = convolutions.ConvAlgorithms(transpose=algorithm)
+    forward = jax.jit(lambda x, k, a=algorithms: convolutions.conv_transpose_same(x, k, 2, a))
+    gradients = jax.jit(jax.grad(lambda x, k, a=algorithms: jnp.vdot(
+        convolutions.conv_transpose_same(x, k, 2, a), cotangent), argnums=(0, 1)))
+    row.append(f'{algorithm}: forward {best_time(forward, x, kernel) * 1e3:6.1f} ms, '
+               f'with gradients {best_time(gradients, x, kernel) * 1e3:6.1f} ms')
+  print(f'{size}x{size}x{channels} -> {features:3d} features | ' + ' | '.join(row))
