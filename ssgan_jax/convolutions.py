@@ -131,8 +131,8 @@ def input_gradient(dy_BxPxQxF, kernel_RxSxCxF, input_hw: tuple[int, int], stride
 
   XLA's algorithm in the NHWC/HWIO layout: dy with stride - 1 zeros between its pixels,
   convolved with the kernel turned 180 degrees, its in and out features swapped, by the
-  algorithm `algorithms` chooses (`dilated_input_conv`). The padding makes the result input-sized: it ends at
-  the last input row, whether or not the forward pass read it.
+  algorithm `algorithms` chooses (`dilated_input_conv`). The padding makes the result
+  input-sized: it ends at the last input row, whether or not the forward pass read it.
   """
   pads = []
   for kernel, size, out, (before, _) in zip(kernel_RxSxCxF.shape[:2], input_hw,
