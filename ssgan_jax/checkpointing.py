@@ -5,15 +5,17 @@ lists only complete ones, so a process killed during a save leaves the newest co
 checkpoint to resume from (Orbax ignores the incomplete folder). A checkpoint that cannot
 be read is reported, never replaced.
 """
+import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from ssgan_jax.config import Config, ConfigError, incompatible_fields
+from ssgan_jax.config import Config, ConfigError, check_schedule_kept, incompatible_fields
 
 
 class Checkpointer:
@@ -27,7 +29,7 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-            create=True),
+            create=False),  # the first save makes it: a refused run leaves no empty folder
         item_names=('state', 'config'))
 
   def latest_step(self) -> Optional[int]:
@@ -40,17 +42,28 @@ class Checkpointer:
                        f'({type(error).__name__}: {reason}); move it away to resume from an '
                        'earlier one, or use a new --workdir')
 
-  def check_compatible(self, config: Config) -> None:
-    """Raises ConfigError if the newest checkpoint was made with settings that cannot resume."""
+  def saved_config(self) -> Optional[dict]:
+    """The config saved with the newest checkpoint (None without one); ConfigError if it
+    cannot be read."""
     step = self.latest_step()
     if step is None:
-      return
+      return None
     try:
       saved = self.manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore()))['config']
-      differing = incompatible_fields(saved, config)
+      dict(saved)
     except Exception as e:  # Orbax and JSON raise many kinds; all mean unreadable.
       raise self._unreadable(step, e) from None
+    return saved
+
+  def check_compatible(self, config: Config) -> None:
+    """Raises ConfigError if the newest checkpoint was made with settings that cannot resume,
+    or if config's num_steps would change the learning rate of steps it has taken."""
+    saved = self.saved_config()
+    if saved is None:
+      return
+    step = self.latest_step()
+    differing = incompatible_fields(saved, config)
     if differing:
       current = dataclasses.asdict(config)
       changes = '; '.join(f'--{name}: checkpoint {saved.get(name)!r}, now {current[name]!r}'
@@ -58,6 +71,7 @@ class Checkpointer:
       raise ConfigError('workdir', self.workdir,
                         f'holds a checkpoint (step {step}) made with other settings '
                         f'({changes}); use those settings or a new --workdir')
+    check_schedule_kept(saved, config, step)
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """The newest (or the given step's) state, shaped like `template` (host arrays).
@@ -66,8 +80,9 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     try:
-      state = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(template)))['state']
+      with _quiet_unfinished_reads():
+          state = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template)))['state']
       if jax.tree.structure(state) != jax.tree.structure(template):
         raise ValueError('its state has another structure than this model\'s')
       for restored, expected in zip(jax.tree.leaves(state), jax.tree.leaves(template)):
@@ -90,6 +105,27 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _dropping_closed_loop_errors(hook):
+  def drop(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      hook(unraisable)
+  return drop
+
+
+@contextlib.contextmanager
+def _quiet_unfinished_reads():
+  """When one read of a damaged checkpoint fails, Orbax closes its event loop while
+  TensorStore's other reads are in flight; each then reports 'Event loop is closed' as it
+  ends. Those reports are dropped for the rest of the process: the failed read is what
+  matters, and it is raised."""
+  try:
+    yield
+  except Exception:
+    sys.unraisablehook = _dropping_closed_loop_errors(sys.unraisablehook)
+    raise
 
 
 def check_writable(workdir: str) -> None:

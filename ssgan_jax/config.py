@@ -21,7 +21,18 @@ class ConfigError(ValueError):
   """A setting that cannot work; the message names the flag, the value and what is allowed."""
 
   def __init__(self, flag: str, value, allowed: str):
+    if isinstance(value, str):  # bytes that are not UTF-8 reach argv as surrogates
+      value = value.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
     super().__init__(f'--{flag}={value}: {allowed}')
+
+
+def check_utf8(name: str, value: Optional[str]) -> None:
+  """Raises ConfigError if the flag's value holds bytes that are not UTF-8."""
+  try:
+    if value is not None:
+      value.encode('utf-8')
+  except UnicodeEncodeError:
+    raise ConfigError(name, value, 'must be UTF-8 text') from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +54,7 @@ class Config:
   minibatch_kernels: int = _field(0, "Minibatch discrimination kernels before D's output layer, "
                                   'e.g. 100; 0 = off.')
   minibatch_kernel_dim: int = _field(5, 'Dimension of each minibatch discrimination kernel.')
+  minibatch_group_size: int = _field(0, 'Examples each minibatch discrimination feature compares, in training and evaluation on any device count (divides the per-device batch); 0: the per-device batch of the first run, saved with the checkpoint.')
   num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
   label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
   label_selection: str = _field('random', 'Labeled subset: random (class-balanced) or representative (per class, the images nearest k-means centroids in PCA space).')
@@ -103,6 +115,9 @@ def _check_at_least(config: Config, name: str, minimum) -> None:
 
 def validate(config: Config) -> None:
   """Raises ConfigError for a setting that is wrong whatever the data and devices."""
+  for field in dataclasses.fields(config):
+    if isinstance(getattr(config, field.name), str):
+      check_utf8(field.name, getattr(config, field.name))
   _check_choice(config, 'model', MODELS)
   _check_choice(config, 'mode', MODES)
   _check_choice(config, 'unsup_loss', tuple(losses.HEADS))
@@ -134,7 +149,13 @@ def validate(config: Config) -> None:
   if config.mode != 'ssl' and config.one_sided_label_smoothing != 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'applies only to --mode=ssl (use 1 with --mode=supervised)')
-  if config.minibatch_kernels and config.eval_batch_size % config.batch_size:
+  _check_at_least(config, 'minibatch_group_size', 0)
+  if config.minibatch_kernels and config.minibatch_group_size:
+    for name in ('batch_size', 'eval_batch_size'):
+      if getattr(config, name) % config.minibatch_group_size:
+        raise ConfigError(name, getattr(config, name), 'must be a multiple of '
+                          f'--minibatch_group_size={config.minibatch_group_size}')
+  elif config.minibatch_kernels and config.eval_batch_size % config.batch_size:
     raise ConfigError('eval_batch_size', config.eval_batch_size,
                       f'must be a multiple of --batch_size={config.batch_size} with '
                       '--minibatch_kernels (evaluation compares examples in groups of the '
@@ -149,15 +170,54 @@ def validate(config: Config) -> None:
 
 
 def check_divisible_by_devices(config: Config, num_devices: int) -> None:
-  """Global batch sizes must split evenly over the local devices."""
+  """Global batch sizes must split evenly over the devices, and each device's share into
+  whole minibatch discrimination groups."""
+  group = config.minibatch_group_size if config.minibatch_kernels else 0
   for name in ('batch_size', 'eval_batch_size'):
     value = getattr(config, name)
     if value % num_devices:
       raise ConfigError(name, value, f'must be a multiple of the device count ({num_devices})')
+    if group and value // num_devices % group:
+      raise ConfigError('minibatch_group_size', group,
+                        f'must divide each device\'s share of --{name}={value} '
+                        f'({value // num_devices} on {num_devices} devices)')
+
+
+def with_group_size(config: Config, num_devices: int, saved: Optional[dict]) -> Config:
+  """`config` with minibatch_group_size 0 (the default) made concrete: the checkpoint's
+  (`saved` config) if it has one, else the per-device share of the batch."""
+  if not config.minibatch_kernels or config.minibatch_group_size:
+    return config
+  if saved and saved.get('minibatch_group_size'):
+    return config.replace(minibatch_group_size=saved['minibatch_group_size'])
+  return config.replace(minibatch_group_size=config.batch_size // num_devices)
+
+
+def lr_decay_start(config: Config) -> int:
+  """The step at which the learning rate starts to fall (num_steps if it never does)."""
+  return config.num_steps - int(round(config.num_steps * config.lr_decay_fraction))
+
+
+def check_schedule_kept(saved: dict, config: Config, step: int) -> None:
+  """Raises ConfigError if resuming at `step` with config's num_steps would give steps
+  already taken another learning rate than the checkpoint's run gave them."""
+  if (not config.lr_decay_fraction or saved.get('num_steps') is None
+      or saved['num_steps'] == config.num_steps):
+    return
+  before = lr_decay_start(config.replace(num_steps=saved['num_steps']))
+  if step > min(before, lr_decay_start(config)):
+    raise ConfigError('num_steps', config.num_steps,
+                      f'the checkpoint (step {step}) was trained to decay its rate from step '
+                      f'{before} of --num_steps={saved["num_steps"]} '
+                      f'(--lr_decay_fraction={config.lr_decay_fraction}); another --num_steps '
+                      'would move the decay under steps already taken; keep '
+                      f'--num_steps={saved["num_steps"]} or use a new --workdir')
 
 
 def incompatible_fields(saved: dict, config: Config) -> list[str]:
   """Names of settings that differ from a checkpoint's and may not change on resume."""
   current = dataclasses.asdict(config)
+  defaults = dataclasses.asdict(Config())  # what a checkpoint from before a field had
   return sorted(name for name in current
-                if name not in RESUMABLE_FIELDS and saved.get(name) != current[name])
+                if name not in RESUMABLE_FIELDS
+                and saved.get(name, defaults[name]) != current[name])

@@ -52,6 +52,12 @@ def dataset_info(config: Config) -> DatasetInfo:
   except tfds.core.registered.DatasetNotFoundError:
     raise ConfigError('dataset', config.dataset,
                       'not a TFDS dataset; e.g. mnist, svhn_cropped, cifar10') from None
+  except ValueError:  # a name TFDS cannot parse
+    raise ConfigError('dataset', config.dataset, 'not a TFDS dataset name (name, '
+                      'name:version or name/config:version; e.g. mnist, mnist:3.0.1)') from None
+  except AssertionError as e:  # a version TFDS does not have
+    raise ConfigError('dataset', config.dataset,
+                      str(e).strip().splitlines()[0].split('": ', 1)[-1]) from None
   features = builder.info.features
   if not {'image', 'label'} <= set(features.keys()):
     raise ConfigError('dataset', config.dataset, "needs 'image' and 'label' features, has "

@@ -94,6 +94,7 @@ def main(argv: list[str]) -> None:
   config = config_from_flags()
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
+    config_lib.check_utf8('workdir', flags.FLAGS.workdir)
     config_lib.validate(config)
     launch = {name: flags.FLAGS[name].value
               for name in ('coordinator_address', 'num_processes', 'process_id')}

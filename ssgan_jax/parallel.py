@@ -123,8 +123,8 @@ class DataParallelTrainer:
   def __init__(self, step_fn: Callable, config: Config,
                data: input_pipeline.SemiSupervisedData, axis_name: str,
                devices: Optional[Sequence[jax.Device]] = None):
-    self.config = config
-    self.data = data
+    self.config, self.data, self.axis_name = config, data, axis_name
+    self.program_devices = devices
     # Where this process's arrays go; the program itself spans `devices` or all processes'.
     self.devices = list(devices or jax.local_devices())
     self.num_devices = len(devices) if devices else jax.device_count()
@@ -143,6 +143,10 @@ class DataParallelTrainer:
     per_device = scan_steps(step_fn, self.on_device) if self.scans else step_fn
     self.fn = distribute(per_device, config.parallel, devices, axis_name,
                          (0,) if config.donate_state else ())
+
+  def distribute(self, per_device_fn: Callable) -> Callable:
+    """Another per-device function (evaluation) on the train step's devices and backend."""
+    return distribute(per_device_fn, self.config.parallel, self.program_devices, self.axis_name)
 
   def replicate(self, tree):
     """The host `tree` (a train state) on every device, as the calls take and return it."""

@@ -1,7 +1,6 @@
 """Train state, the per-device train and eval steps, and the training loop."""
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -15,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Lazy: clu's metric writers import TensorFlow, which training does not otherwise need.
+# Lazy: clu imports TensorFlow, which training does not otherwise need.
 with epy.lazy_imports():
-  from clu import metric_writers, parameter_overview
+  from clu import parameter_overview
 
-from ssgan_jax import (checkpointing, convolutions, input_pipeline, losses, models, multihost,
-                       parallel, plots, precision, progress)
-from ssgan_jax.config import Config, ConfigError, check_divisible_by_devices
+from ssgan_jax import (checkpointing, convolutions, input_pipeline, losses, metrics_record,
+                       models, multihost, parallel, plots, precision)
+from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, lr_decay_start,
+                             with_group_size)
 
 AXIS = 'batch'
 # Per-step random streams: each folds the step key with its own id.
@@ -79,12 +79,12 @@ class Setup:
                ema=optax.ema(config.ema_decay, debias=True))
 
   def eval_group_size(self) -> Optional[int]:
-    """The examples D's minibatch features compare in evaluation: as many as in training
-    (one device's share of a batch part), since the features are sums over the group.
-    None where D has no minibatch features."""
+    """The examples D's minibatch features compare, in training and evaluation alike (the
+    features are sums over the group). None where D has no minibatch features."""
     if not self.config.minibatch_kernels:
       return None
-    return self.config.batch_size // jax.device_count()
+    # Checkpoints from before the group size was saved grouped each device's share.
+    return self.config.minibatch_group_size or self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
     return self.family.generator(self.image_shape, axis_name, conv_algorithms(self.config))
@@ -97,13 +97,13 @@ def conv_algorithms(config: Config) -> convolutions.ConvAlgorithms:
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:
   """Constant, then linear to 0 over the last `lr_decay_fraction` of the steps."""
-  decay_steps = int(round(config.num_steps * config.lr_decay_fraction))
-  if decay_steps == 0:
+  decay_start = lr_decay_start(config)
+  if decay_start == config.num_steps:
     return optax.constant_schedule(config.learning_rate)
   return optax.join_schedules(
       [optax.constant_schedule(config.learning_rate),
-       optax.linear_schedule(config.learning_rate, 0.0, decay_steps)],
-      [config.num_steps - decay_steps])
+       optax.linear_schedule(config.learning_rate, 0.0, config.num_steps - decay_start)],
+      [decay_start])
 
 
 def example_keys(step_key: jax.Array, stream: int, batch_size: int,
@@ -127,13 +127,13 @@ def _initial_state(setup: Setup, init_images_uint8: jax.Array) -> TrainState:
   init_key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # no train step uses it
   keys = functools.partial(example_keys, init_key, batch_size=len(init_images_uint8),
                            axis_name=None)
-  disc_variables = setup.disc.init(jax.random.key(0),
-                                   setup.family.scale_pixels(init_images_uint8),
+  disc_key, gen_key = jax.random.split(init_key)
+  disc_variables = setup.disc.init(disc_key, setup.family.scale_pixels(init_images_uint8),
                                    keys(_UNLABELED_NOISE))
   disc_params = disc_variables.pop('params')
   gen_params = gen_batch_stats = gen_opt_state = None
   if config.mode == 'ssl':
-    gen_variables = setup.generator(None).init(jax.random.key(0),
+    gen_variables = setup.generator(None).init(gen_key,
                                                models.sample_latent(keys(_DISC_LATENT)))
     gen_params, gen_batch_stats = gen_variables['params'], gen_variables['batch_stats']
     gen_opt_state = setup.optimizer.init(gen_params)
@@ -183,10 +183,11 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   else:
     d_inputs, d_keys = x_lab, keys(_LABELED_NOISE)
   history = config.historical_averaging > 0
+  group_size = setup.eval_group_size()
 
   def disc_loss(params):
     outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys,
-                            group_size=b)
+                            group_size=group_size)
     sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
     metrics = {'sup_loss': sup, 'train_accuracy': jnp.mean(
         jnp.argmax(head.class_logits(outputs[:b], setup.num_classes), -1) == labels)}
@@ -224,13 +225,15 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   if feature_matching:
     # Outside gen_loss: no gradient flows through the real images' pass, so none is computed.
     x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
-    _, real_features = disc.apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE))
+    _, real_features = disc.apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE),
+                                  group_size=group_size)
   z = models.sample_latent(keys(_GEN_LATENT))
 
   def gen_loss(params):
     fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
                                     z, mutable=['batch_stats'])
-    outputs, fake_features = disc.apply(disc_variables, fake, keys(_GEN_FAKE_NOISE))
+    outputs, fake_features = disc.apply(disc_variables, fake, keys(_GEN_FAKE_NOISE),
+                                        group_size=group_size)
     loss = 0.0
     if feature_matching:
       loss += losses.feature_matching(real_features, fake_features, config.feature_norm,
@@ -266,16 +269,6 @@ def eval_step(setup: Setup, disc_variables: Any, batch: dict) -> dict:
   return jax.lax.psum({'correct': correct, 'count': jnp.sum(batch['mask'])}, AXIS)
 
 
-def evaluate(setup: Setup, p_eval_step, disc_variables_replicated, images, labels) -> float:
-  """Accuracy of the replicated D variables on (images, labels)."""
-  totals = {'correct': 0.0, 'count': 0.0}
-  for batch in input_pipeline.eval_batches(images, labels, setup.config.eval_batch_size,
-                                           jax.local_device_count()):
-    result = flax.jax_utils.unreplicate(p_eval_step(disc_variables_replicated, batch))
-    totals = {k: totals[k] + float(result[k]) for k in totals}
-  return totals['correct'] / totals['count']
-
-
 def finite_means(step_metrics: list[dict], step: int) -> dict:
   """Means of the per-device metrics of the steps since the last check, the last being `step`.
 
@@ -291,32 +284,8 @@ def finite_means(step_metrics: list[dict], step: int) -> dict:
     first = int(np.argmin(finite))
     values = ', '.join(f'{k}={v[first]:.6g}' for k, v in sorted(per_step.items()))
     raise NonFiniteLossError(
-        f'training diverged at step {step - len(finite) + 1 + first}: {values}; '
-        'no checkpoint holds it or a later step, so the newest one is the last good state')
+        f'training diverged at step {step - len(finite) + 1 + first}: {values}')
   return {k: float(np.mean(v)) for k, v in per_step.items()}
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-
-
-def _keep_records_up_to(path: str, step: int) -> None:
-  """Drops the records after `step` (a resumed run redoes those steps) and any line that a
-  kill cut short."""
-  if not os.path.exists(path):
-    return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line)['step'] <= step:
-          kept.append(line.rstrip('\n') + '\n')
-      except (json.JSONDecodeError, KeyError, TypeError):
-        pass
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(kept)
-  os.replace(path + '.tmp', path)
 
 
 def state_template(setup: Setup) -> TrainState:
@@ -326,29 +295,82 @@ def state_template(setup: Setup) -> TrainState:
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-class LogOnlyWriter:
-  """Scalars as log lines: the writer where clu's, which needs TensorFlow, cannot load."""
+class Evaluator:
+  """Accuracy of D on the trainer's devices, with the trainer's backend and replication."""
 
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
+  def __init__(self, setup: Setup, trainer: parallel.DataParallelTrainer):
+    self.setup, self.trainer = setup, trainer
+    self.fn = trainer.distribute(functools.partial(eval_step, setup))
 
-  def write_images(self, step: int, images: dict) -> None:
-    del step, images  # the PNGs beside the metrics hold them
+  def accuracy(self, state_replicated: TrainState, images, labels,
+               which: Optional[str] = None) -> float:
+    """Accuracy on (images, labels) with the EMA or raw parameters (default: the config's)."""
+    variables = self.trainer.replicate(eval_disc_variables(
+        self.setup, flax.jax_utils.unreplicate(state_replicated),
+        which or self.setup.config.eval_params))
+    totals = {'correct': 0.0, 'count': 0.0}
+    for batch in input_pipeline.eval_batches(images, labels, self.setup.config.eval_batch_size,
+                                             len(self.trainer.devices)):
+      result = flax.jax_utils.unreplicate(self.fn(variables, batch))
+      totals = {k: totals[k] + float(result[k]) for k in totals}
+    return totals['correct'] / totals['count']
 
-  def close(self) -> None:
-    pass
+
+class DivergenceWatch:
+  """Notices a run that explodes without a NaN: a loss or gradient norm grown GROWTH times
+  past its first logged value (or past 1, if that is larger), or accuracy at chance."""
+  GROWTH = 1e3
+  WATCHED = ('disc_loss', 'gen_loss', 'disc_grad_norm', 'gen_grad_norm')
+
+  def __init__(self, num_classes: int):
+    self.num_classes, self.first, self.warnings = num_classes, {}, []
+
+  def _warn(self, message: str) -> None:
+    logging.warning('%s', message)
+    self.warnings.append(message)
+
+  def check_metrics(self, step: int, means: dict) -> None:
+    for name in self.WATCHED:
+      if name not in means:
+        continue
+      first_step, first = self.first.setdefault(name, (step, means[name]))
+      if abs(means[name]) > self.GROWTH * max(abs(first), 1.0) and not self.warnings:
+        self._warn(f'training is diverging: at step {step} {name}={means[name]:.3g}, over '
+                   f'{self.GROWTH:.0f} times its {first:.3g} at step {first_step}; try a '
+                   'lower --learning_rate')
+
+  def check_accuracy(self, name: str, accuracy: float) -> None:
+    chance = 1 / self.num_classes
+    if accuracy <= 1.2 * chance:
+      self._warn(f'{name} {accuracy:.4f} is at chance ({chance:.4f}, {self.num_classes} '
+                 'classes): the model has not learned')
 
 
-def metric_writer(workdir: str):
-  """clu's writer: TensorBoard events in `workdir` (writing host only) and log lines. Without
-  TensorFlow (as on a machine that reads a numpy export of the data), log lines only;
-  metrics.jsonl holds every metric either way."""
-  try:
-    return metric_writers.create_default_writer(workdir,
-                                                just_logging=not multihost.is_writer())
-  except ImportError as e:
-    logging.warning('No TensorBoard events: %s. metrics.jsonl has every metric.', e)
-    return LogOnlyWriter()
+def check_fits_in_memory(setup: Setup, info: input_pipeline.DatasetInfo,
+                         num_devices: int) -> None:
+  """Raises ConfigError naming --batch_size where the step's input images alone (float32,
+  every stream) with the train state (and on the host the data) cannot fit in memory.
+
+  A lower bound: the activations need more, so what is refused could never run.
+  """
+  config = setup.config
+  example_bytes = 4 * int(np.prod(setup.image_shape))
+  streams = 5 if config.mode == 'ssl' else 1  # D: labeled, unlabeled, fake; G: two more
+  state_bytes = sum(4 * int(np.prod(s.shape)) for s in jax.tree.leaves(state_template(setup)))
+  device = jax.local_devices()[0]
+  limit = (device.memory_stats() or {}).get('bytes_limit')
+  if limit:
+    needed, where = config.batch_size // num_devices * streams * example_bytes, 'device'
+  else:  # devices share the host's memory, which also holds the data
+    limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    data_bytes = (info.train_size or 0) * example_bytes // 4
+    needed, where = config.batch_size * streams * example_bytes + data_bytes, 'host'
+  needed += state_bytes
+  if needed > limit:
+    raise ConfigError('batch_size', config.batch_size,
+                      f'needs at least {needed / 2**30:.1f} GiB of {where} memory for its '
+                      f'images and the train state, and the {where} has '
+                      f'{limit / 2**30:.1f} GiB; use a smaller --batch_size')
 
 
 def train_and_evaluate(config: Config, workdir: str,
@@ -362,13 +384,15 @@ def train_and_evaluate(config: Config, workdir: str,
   to train on instead of reading TFDS.
   """
   start_time = time.time()
-  check_divisible_by_devices(config, jax.device_count())
   if jax.process_count() > 1 and config.parallel != 'pmap':
     raise ConfigError('parallel', config.parallel, 'only pmap runs over several processes')
   info = input_pipeline.dataset_info(config) if data is None else data[0]
   checkpointer = checkpointing.Checkpointer(workdir, config)
+  config = with_group_size(config, jax.device_count(), checkpointer.saved_config())
+  check_divisible_by_devices(config, jax.device_count())
   checkpointer.check_compatible(config)
   setup = Setup.create(config, info)
+  check_fits_in_memory(setup, info, jax.device_count())
   # Restored before the data are read, so that an unreadable checkpoint is reported at once.
   restored = None
   if checkpointer.latest_step() is not None:
@@ -385,41 +409,67 @@ def train_and_evaluate(config: Config, workdir: str,
   if state.gen_params is not None:
     parameter_overview.log_parameter_overview(state.gen_params, msg='Generator')
 
-  writer = metric_writer(workdir)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if multihost.is_writer():
-    _keep_records_up_to(metrics_path, int(state.step))
-  bar = progress.Progress(config.num_steps, int(state.step), config.log_every, config.quiet)
-
-  def write(step: int, scalars: dict) -> None:
-    writer.write_scalars(step, scalars)
-    bar.record(scalars)
-    if multihost.is_writer():
-      _append_jsonl(metrics_path, {'step': step, **scalars})
-
-  def checked_means(step_metrics: list[dict], step: int) -> dict:
-    try:
-      return finite_means(step_metrics, step)
-    except NonFiniteLossError:
-      checkpointer.close()  # a save in flight completes: the last good state stays restorable
-      raise
-
-  p_train_step = parallel.DataParallelTrainer(functools.partial(train_step, setup), config,
-                                             data, AXIS)
-  p_eval_step = jax.pmap(functools.partial(eval_step, setup), axis_name=AXIS)
-
-  def accuracy(state, images, labels, which=config.eval_params) -> float:
-    variables = eval_disc_variables(setup, flax.jax_utils.unreplicate(state), which)
-    return evaluate(setup, p_eval_step, flax.jax_utils.replicate(variables), images, labels)
-
   step = int(state.step)
-  state = p_train_step.replicate(state)
-  batches = p_train_step.chunks(step)
+  recorder = metrics_record.MetricsRecorder(workdir, config, step)
+  trainer = parallel.DataParallelTrainer(functools.partial(train_step, setup), config, data,
+                                         AXIS)
+  evaluator = Evaluator(setup, trainer)
+  watch = DivergenceWatch(setup.num_classes)
+  train_seconds = lambda: round(recorder.earlier_train_seconds + time.time() - start_time, 2)
+  try:
+    state, step, stopped = _train_loop(setup, trainer, evaluator, watch, recorder, checkpointer, data, state,
+                        stop_requested, train_seconds)
+  except NonFiniteLossError as e:
+    checkpointer.close()  # a save in flight completes: the last good state stays restorable
+    recorder.close()
+    last = checkpointer.latest_step()
+    raise NonFiniteLossError(
+        f'{e}; no checkpoint holds it or a later step, so the newest (step {last}) is the last '
+        'good state' if last is not None else
+        f'{e}; no checkpoint was saved before it: start again with a lower --learning_rate'
+    ) from None
+  if stopped:
+    return {'step': step, 'stopped': True}
+
+  summary = {'step': step,
+             'test_accuracy': evaluator.accuracy(state, data.test_images, data.test_labels),
+             'test_accuracy_raw': evaluator.accuracy(state, data.test_images, data.test_labels,
+                                                     'raw')}
+  if data.validation_labels.size:
+    summary['validation_accuracy'] = evaluator.accuracy(state, data.validation_images,
+                                                        data.validation_labels)
+  watch.check_accuracy('test_accuracy', summary['test_accuracy'])
+  summary['wall_seconds'] = round(time.time() - start_time, 2)
+  summary['wall_seconds_total'] = train_seconds()
+  # The loop wrote this step's validation accuracy (or an earlier invocation did).
+  recorder.write(step, {k: summary[k] for k in ('test_accuracy', 'test_accuracy_raw',
+                                                'wall_seconds')},
+                 {metrics_record.TRAIN_SECONDS: summary['wall_seconds_total']})
+  if watch.warnings:
+    summary['warnings'] = watch.warnings
+  plots.write_curves(recorder.writer, workdir, step)
+  checkpointer.close()
+  recorder.close()
+  return summary
+
+
+def _train_loop(setup: Setup, trainer: parallel.DataParallelTrainer, evaluator: Evaluator,
+                watch: DivergenceWatch, recorder: metrics_record.MetricsRecorder,
+                checkpointer: checkpointing.Checkpointer, data: input_pipeline.SemiSupervisedData,
+                state: TrainState, stop_requested: Callable[[int], bool],
+                train_seconds: Callable[[], float]) -> tuple[TrainState, int, bool]:
+  """Trains from state's step to num_steps, logging, evaluating, saving and drawing at their
+  steps. Returns the replicated state, its step, and whether it stopped there on request
+  (saved, and the recorder and checkpointer closed)."""
+  config = setup.config
+  step = int(state.step)
+  state = trainer.replicate(state)
+  batches = trainer.chunks(step)
   pending_metrics = []
   rate_since = (step, time.monotonic())
   while step < config.num_steps:
-    num_steps = p_train_step.steps_in_call(step)
-    state, metrics = p_train_step(state, next(batches))
+    num_steps = trainer.steps_in_call(step)
+    state, metrics = trainer(state, next(batches))
     step += num_steps
     pending_metrics.append(metrics)
     is_last = step == config.num_steps
@@ -429,38 +479,26 @@ def train_and_evaluate(config: Config, workdir: str,
     # queue; the first non-finite step is found among the pending ones instead.
     if (step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last
         or stopping):
-      means = checked_means(pending_metrics, step)
+      means = finite_means(pending_metrics, step)
+      watch.check_metrics(step, means)
       # Wall-clock rate since the last write, evaluation and checkpoints included.
       means['steps_per_sec'] = (step - rate_since[0]) / (time.monotonic() - rate_since[1])
-      write(step, means)
+      recorder.write(step, means, {metrics_record.TRAIN_SECONDS: train_seconds()})
       pending_metrics, rate_since = [], (step, time.monotonic())
     if data.validation_labels.size and (step % config.eval_every == 0 or is_last):
-      write(step, {'validation_accuracy': accuracy(state, data.validation_images,
-                                                   data.validation_labels)})
+      recorder.write(step, {'validation_accuracy': evaluator.accuracy(
+          state, data.validation_images, data.validation_labels)})
     if step % config.checkpoint_every == 0 or is_last or stopping:
       checkpointer.save(step, flax.jax_utils.unreplicate(state), config)
     if (config.mode == 'ssl' and config.sample_every and step % config.sample_every == 0
         and multihost.is_writer()):
-      plots.write_samples(writer, workdir, step, setup, flax.jax_utils.unreplicate(state),
-                          data.unlabeled_images)
-    bar.update(step)
+      plots.write_samples(recorder.writer, recorder.workdir, step, setup,
+                          flax.jax_utils.unreplicate(state), data.unlabeled_images)
+    recorder.update(step)
     if stopping and not is_last:
-      bar.close()
+      recorder.close()
       logging.warning('Stopped at step %d on request; the checkpoint is saved.', step)
       checkpointer.close()
-      writer.close()
-      return {'step': step, 'stopped': True}
-  bar.close()
-
-  summary = {'step': step,
-             'test_accuracy': accuracy(state, data.test_images, data.test_labels),
-             'test_accuracy_raw': accuracy(state, data.test_images, data.test_labels, 'raw')}
-  if data.validation_labels.size:
-    summary['validation_accuracy'] = accuracy(state, data.validation_images,
-                                              data.validation_labels)
-  summary['wall_seconds'] = round(time.time() - start_time, 2)
-  write(step, {k: v for k, v in summary.items() if k != 'step'})
-  plots.write_curves(writer, workdir, step)
-  checkpointer.close()
-  writer.close()
-  return summary
+      return state, step, True
+  recorder.bar.close()
+  return state, step, False

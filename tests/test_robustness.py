@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssgan_jax import checkpointing, multihost, preemption, train
+from ssgan_jax import checkpointing, metrics_record, multihost, preemption, train
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import Config, ConfigError
@@ -320,7 +320,7 @@ def test_a_resumed_run_drops_the_records_of_the_steps_it_redoes(tmp_path):
   path.write_text('{"step": 1, "disc_loss": 1.0}\n{"step": 2, "disc_loss": 0.5}\n'
                   '{"step": 2, "validation_accuracy": 0.5}\n{"step": 3, "disc_loss": 0.4}\n'
                   '{"step": 4, "disc_lo')  # the last line cut short by kill -9
-  train._keep_records_up_to(str(path), 2)
+  metrics_record.keep_records_up_to(str(path), 2)
   assert [json.loads(line) for line in path.read_text().splitlines()] == [
       {'step': 1, 'disc_loss': 1.0}, {'step': 2, 'disc_loss': 0.5},
       {'step': 2, 'validation_accuracy': 0.5}]

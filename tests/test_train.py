@@ -166,5 +166,5 @@ def test_non_finite_metrics_stop_training_at_the_first_bad_step_with_the_loss():
   assert train.finite_means(metrics[:1], 1) == {'disc_loss': 0.6, 'gen_loss': 1.0}
   # Steps 8, 9, 10 pending: 9 is the first with a non-finite metric.
   with pytest.raises(train.NonFiniteLossError,
-                     match='diverged at step 9: disc_loss=nan, gen_loss=1;'):
+                     match='diverged at step 9: disc_loss=nan, gen_loss=1$'):
     train.finite_means(metrics, 10)
