@@ -16,8 +16,9 @@ from ssgan_jax.config import Config
 with epy.lazy_imports():
   from clu import metric_writers
 
-# The cumulative training wall time, kept in metrics.jsonl's records (not shown elsewhere).
-TRAIN_SECONDS = 'train_seconds_total'
+# The cumulative wall time of the run, in metrics.jsonl's records (not shown elsewhere): up to
+# a train metrics record, and up to the end-of-run record.
+TRAIN_SECONDS, TOTAL_SECONDS = 'train_seconds_total', 'wall_seconds_total'
 
 
 class LogOnlyWriter:
@@ -77,7 +78,8 @@ def keep_records_up_to(path: str, step: int) -> float:
   with open(path + '.tmp', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in kept)
   os.replace(path + '.tmp', path)
-  return max((r[TRAIN_SECONDS] for r in kept if TRAIN_SECONDS in r), default=0.0)
+  return max((r.get(TRAIN_SECONDS, r.get(TOTAL_SECONDS, 0.0)) for r in records
+              if r['step'] <= step), default=0.0)
 
 
 class MetricsRecorder:

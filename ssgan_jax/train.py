@@ -440,11 +440,11 @@ def train_and_evaluate(config: Config, workdir: str,
                                                         data.validation_labels)
   watch.check_accuracy('test_accuracy', summary['test_accuracy'])
   summary['wall_seconds'] = round(time.time() - start_time, 2)
-  summary['wall_seconds_total'] = train_seconds()
+  summary[metrics_record.TOTAL_SECONDS] = train_seconds()
   # The loop wrote this step's validation accuracy (or an earlier invocation did).
   recorder.write(step, {k: summary[k] for k in ('test_accuracy', 'test_accuracy_raw',
                                                 'wall_seconds')},
-                 {metrics_record.TRAIN_SECONDS: summary['wall_seconds_total']})
+                 {metrics_record.TOTAL_SECONDS: summary[metrics_record.TOTAL_SECONDS]})
   if watch.warnings:
     summary['warnings'] = watch.warnings
   plots.write_curves(recorder.writer, workdir, step)
