@@ -3,7 +3,9 @@
 For a flagfile (plus any flag overriding it), trains the JAX model with
 `train.train_and_evaluate` and the PyTorch reference with `TorchTrainer` on the same arrays
 and batches, for each --label_seeds, in ssl mode and supervised-only; reports test error
-(EMA parameters) mean ± std per trainer and mode, and a learning curve (test error against
+(--eval_params, EMA by default, the same for both) mean ± std over seeds (each run's
+--seed is its --label_seed, so both the labeled subset and the initialisation vary) per
+trainer and mode, and a learning curve (test error against
 step and wall seconds) per run. Writes compare_accuracy.json and compare_accuracy.md under
 --out_dir.
 
@@ -32,14 +34,15 @@ import torch
 
 from benchmarks import export_data
 from benchmarks.spread import mean_std
-from benchmarks.torch_reference.train import TorchTrainer
+from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
-_LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Labeled subsets to train on.')
+_LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Seeds to train with: each is '
+                                  "a run's --label_seed and its --seed.")
 _RUNS = flags.DEFINE_list('runs', list(RUNS), f'Which of {", ".join(RUNS)} to train.')
 _CURVE_POINTS = flags.DEFINE_integer('curve_points', 4, 'Evaluations of test error per run.')
 _DATA_NPZ = flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py '
@@ -123,7 +126,7 @@ def run_torch(config, data, steps: list[int], device: str) -> dict:
     if step in points:
       if not all(np.isfinite(float(v)) for v in metrics.values()):
         raise FloatingPointError(f'torch training diverged by step {step}: {metrics}')
-      error = 1 - trainer.accuracy(arrays.test_images, arrays.test_labels)
+      error = 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, config.eval_params)
       curve.append((step, error, round(time.time() - start, 2)))
   return {'test_error': curve[-1][1],
           'test_error_raw': 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, 'raw'),
@@ -139,7 +142,8 @@ def markdown(record: dict) -> str:
   by_run = {}
   for r in record['runs']:
     by_run.setdefault(r['run'], []).append(r)
-  rows = ['| run | steps | label seeds | test error (EMA), mean ± std | per seed | '
+  rows = [f"| run | steps | seeds (--label_seed = --seed) | test error "
+          f"({record['config']['eval_params']}), mean ± std | per seed | "
           'test error (raw), mean ± std | wall s, mean |', '|---|---|---|---|---|---|---|']
   for name, runs in by_run.items():
     rows.append(f"| {name} | {record['config']['num_steps']} | "
@@ -200,6 +204,8 @@ def main(argv):
     unknown = set(_RUNS.value) - set(RUNS)
     if unknown:
       raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
+    if any(name.startswith('torch') for name in _RUNS.value):
+      check_supported(config)
     workroot = os.path.join(_OUT_DIR.value, 'runs')
     for seed in map(int, _LABEL_SEEDS.value):
       for name in _RUNS.value:
@@ -227,12 +233,13 @@ def main(argv):
   for seed in map(int, _LABEL_SEEDS.value):
     for name in _RUNS.value:
       framework, mode = name.split('_')
-      run_config = config.replace(label_seed=seed, mode=mode)
+      # Both seeds vary: the spread holds the labeled subset's and the initialisation's.
+      run_config = config.replace(label_seed=seed, seed=seed, mode=mode)
       data = export_data.semi_supervised_data(run_config, splits)
       result = (run_jax(run_config, data, steps, os.path.join(workroot, f'{name}_{seed}'))
                 if framework == 'jax' else
                 run_torch(run_config, data, steps, _TORCH_DEVICE.value))
-      record['runs'].append({'run': name, 'label_seed': seed, **result})
+      record['runs'].append({'run': name, 'label_seed': seed, 'seed': seed, **result})
       print(json.dumps(record['runs'][-1]), flush=True)
       write(record, _OUT_DIR.value)
   print(write(record, _OUT_DIR.value))

@@ -1,4 +1,5 @@
-"""How the benchmarks' tables report a quantity over several label seeds."""
+"""How the benchmarks' tables report a quantity over several seeds (their headers say which
+seeds varied: the labeled subset's, the run's, or both)."""
 import numpy as np
 
 

@@ -300,6 +300,12 @@ def _describe(error: Exception) -> str:
   return f'{type(error).__name__}: {str(error).strip()[:300]}'
 
 
+def torch_unsupported(config: Config) -> list[str]:
+  """The settings of `config` the PyTorch reference does not implement."""
+  from benchmarks.torch_reference.train import unsupported_settings  # pylint: disable=g-import-not-at-top
+  return unsupported_settings(config)
+
+
 class TorchCase:
   """The PyTorch reference of a JAX case on the same device and batches, eager or compiled,
   timed in the same round-robin (`interleaved`) as the JAX step.
@@ -508,8 +514,14 @@ def main(argv):
       cases = [Case(model, batch_size, devices[:count], variant)
                for count in counts if count <= len(devices) and batch_size % count == 0
                for variant in _VARIANTS.value]
-      # The reference runs beside the first variant on one device (the first such case).
-      paired = next((c for c in cases if len(c.devices) == 1), None)
+      # The reference runs beside the first one-device variant it implements (not, e.g., one
+      # with bfloat16 compute, which would time another model).
+      paired = next((c for c in cases if _TORCH.value and len(c.devices) == 1
+                     and not torch_unsupported(c.config)), None)
+      if _TORCH.value and paired is None:
+        emit([{'kind': 'torch', 'model': model, 'global_batch': batch_size,
+               'note': 'no one-device variant the PyTorch reference implements: '
+               + '; '.join(' '.join(torch_unsupported(c.config)) for c in cases)}])
       torch_cases = ([TorchCase(paired, mode) for mode in _TORCH_MODES.value]
                      if _TORCH.value and paired and devices[0].platform in ('cpu', 'gpu')
                      else [])

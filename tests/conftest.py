@@ -3,7 +3,8 @@
 Both are set in the environment before jax is imported, so the command-line runs that the
 tests start as subprocesses share them: the same train step is compiled once, not once per
 run, and without XLA:CPU's LLVM optimisations, which take about a third of a test's compile
-time (the tests check results, not speed; benchmarks/ runs at XLA's default level).
+time (the tests check results, not speed; benchmarks/ runs at XLA's default level, and so
+do the subprocesses that check numerical equivalence: `default_optimization_env`).
 """
 import atexit
 import os
@@ -22,6 +23,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 _FAST_COMPILES = '--xla_backend_optimization_level=0'
 if _FAST_COMPILES not in os.environ.get('XLA_FLAGS', ''):  # xdist workers inherit it
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILES}"
+
+
+def default_optimization_env() -> dict:
+  """The environment change that compiles a subprocess at XLA's own optimisation level, as
+  users run: for the tests that check numbers, where the level could change them."""
+  return {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace(_FAST_COMPILES, '')}
 
 
 def devices_env(count: int) -> dict:

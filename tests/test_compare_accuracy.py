@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from benchmarks import compare_accuracy, export_data, spread
+from benchmarks.torch_reference import train as torch_train
 from ssgan_jax import input_pipeline
 from ssgan_jax.config import Config, ConfigError
 from without_tensorflow import run_module
@@ -78,7 +79,8 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
     assert 0 <= run['test_error'] <= 1 and run['curve'][-1][0] == 2
   assert [p[0] for p in runs[1]['curve']] == [1, 2]
   for i, run in enumerate(runs):
-    compare_accuracy.write({'command': f'run {i}', 'config': {'num_steps': 2}, 'runs': [run]},
+    compare_accuracy.write({'command': f'run {i}', 'config': {'num_steps': 2, 'eval_params': 'ema'},
+                            'runs': [run]},
                            str(tmp_path / str(i)))
   merged = compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '1')])
   table = compare_accuracy.markdown(merged)
@@ -126,3 +128,41 @@ def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
   assert [m['step'] for m in metrics if 'steps_per_sec' in m] == [1, 2]
   assert all(m['steps_per_sec'] > 0 for m in metrics if 'steps_per_sec' in m)
   assert not list(workdir.glob('events.out.tfevents*'))
+
+
+@pytest.mark.parametrize('changes,flag', [
+    (dict(minibatch_kernels=3), '--minibatch_kernels=3'),
+    (dict(historical_averaging=0.1), '--historical_averaging=0.1'),
+    (dict(one_sided_label_smoothing=0.9), '--one_sided_label_smoothing=0.9'),
+    (dict(compute_dtype='bfloat16'), '--compute_dtype=bfloat16'),
+    (dict(model='resnet18'), '--model=resnet18'),
+])
+def test_the_reference_refuses_what_it_does_not_implement(changes, flag):
+  config = tiny_config(**changes)
+  assert torch_train.unsupported_settings(config) == [flag]
+  with pytest.raises(ConfigError, match=f'^{flag}: the PyTorch reference does not implement'):
+    torch_train.check_supported(config)
+  # What changes only how ssgan_jax computes the same step is no obstacle.
+  assert not torch_train.unsupported_settings(tiny_config(parallel='shard_map', eval_params='raw',
+                                                          steps_per_dispatch=2))
+
+
+def test_compare_accuracy_refuses_a_setting_the_reference_lacks_in_one_line(tmp_path):
+  result = run_module('benchmarks.compare_accuracy', *TINY_FLAGS, '--minibatch_kernels=3',
+                      '--curve_points=1',
+                      f'--data_npz={tmp_path / "none.npz"}', f'--out_dir={tmp_path}')
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      'error: --minibatch_kernels=3: the PyTorch reference does not implement it, so a '
+      'comparison would compare different models; use the default (0) to compare']
+
+
+def test_the_torch_run_evaluates_the_weights_asked_for(monkeypatch):
+  """As the JAX run's test error does: --eval_params's weights, and the raw ones beside."""
+  asked = []
+  monkeypatch.setattr(compare_accuracy.TorchTrainer, 'accuracy',
+                      lambda self, images, labels, which='ema': asked.append(which) or 0.5)
+  config = tiny_config(mode='supervised', eval_params='raw')
+  data = export_data.semi_supervised_data(config, synthetic_splits())
+  compare_accuracy.run_torch(config, data, [1, 2], 'cpu')
+  assert asked == ['raw', 'raw', 'raw']

@@ -9,6 +9,7 @@ raw parameters. Batches are the JAX input pipeline's, so both trainers see the s
 noise and latents come from torch's generator seeded by `config.seed`, so they differ.
 """
 import copy
+import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import losses, models
-from ssgan_jax.config import Config
+from ssgan_jax.config import Config, ConfigError
 
 # Images for the data-dependent init, as ssgan_jax.train.INIT_BATCH_SIZE (not imported: that
 # module needs TensorFlow for its metric writers, and this one should run without it).
@@ -70,6 +71,50 @@ class Ema:
 
   def corrected(self) -> dict:
     return {name: a / (1 - self.decay ** self.count) for name, a in self.averages.items()}
+
+
+# The settings this reference implements as ssgan_jax does, and the values it has for them.
+IMPLEMENTED = {
+    'model': tuple(models.MODEL_FAMILIES), 'unsup_loss': tuple(losses.HEADS),
+    'mode': ('ssl', 'supervised'), 'gen_loss': ('feature_matching', 'nonsaturating', 'both'),
+    'feature_norm': ('l2', 'l1'),
+}
+# Settings the reference reads, or that change only how ssgan_jax computes the same step. Any
+# other one (historical averaging, label smoothing, minibatch discrimination, bfloat16
+# compute, ...) it has only at its default.
+OTHER_FIELDS = frozenset({
+    'unsup_weight', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed', 'batch_size',
+    'eval_batch_size', 'num_steps', 'learning_rate', 'adam_beta1', 'lr_decay_fraction',
+    'ema_decay', 'eval_params', 'dataset', 'data_dir', 'num_labeled', 'label_seed',
+    'label_selection', 'num_validation', 'parallel', 'conv_transpose', 'conv_input_gradient',
+    'conv_kernel_gradient', 'steps_per_dispatch', 'data_on_device', 'donate_state',
+    'checkpoint_every', 'keep_checkpoints', 'eval_every', 'log_every', 'sample_every', 'quiet',
+})
+
+
+def unsupported_settings(config: Config) -> list[str]:
+  """The settings of `config` this reference does not implement, as '--name=value': a
+  comparison with them would compare different models. A Config field added since, at a
+  value other than its default, counts as not implemented."""
+  default = Config()
+  unsupported = [f'--{name}={getattr(config, name)}' for name, allowed in IMPLEMENTED.items()
+                 if getattr(config, name) not in allowed]
+  for field in dataclasses.fields(config):
+    name, value = field.name, getattr(config, field.name)
+    if (name not in IMPLEMENTED and name not in OTHER_FIELDS
+        and value != getattr(default, name)):
+      unsupported.append(f'--{name}={value}')
+  return unsupported
+
+
+def check_supported(config: Config) -> None:
+  """Raises ConfigError naming the first setting the reference does not implement."""
+  unsupported = unsupported_settings(config)
+  if unsupported:
+    name, value = unsupported[0][2:].split('=', 1)
+    raise ConfigError(name, value, 'the PyTorch reference does not implement it, so a '
+                      'comparison would compare different models; use the default '
+                      f'({getattr(Config(), name)!r}) to compare')
 
 
 def learning_rate(config: Config, count: int) -> float:
