@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks import peaks
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 
@@ -470,6 +471,7 @@ def scaling_rows(jax_rows: list) -> list:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   try:

@@ -15,7 +15,7 @@ import typing
 from absl import app, flags, logging
 
 from ssgan_jax import config as config_lib
-from ssgan_jax import multihost, preemption
+from ssgan_jax import multihost, preemption, xla_cpu
 
 _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
                    float: flags.DEFINE_float, bool: flags.DEFINE_boolean}
@@ -87,6 +87,7 @@ def _as_int(name: str, value: str) -> int:
 
 
 def main(argv: list[str]) -> None:
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:
