@@ -41,6 +41,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('process_id', os.environ.get('JAX_PROCESS_ID', '0'),
                       'This process, 0 ... num_processes - 1 (default $JAX_PROCESS_ID or 0).',
                       flag_values=flag_values)
+  flags.DEFINE_enum('distributed', 'explicit', multihost.DISTRIBUTED_MODES,
+                    'explicit: the three flags above launch the run; auto: '
+                    "jax.distributed.initialize() detects the cluster's processes (Cloud TPU "
+                    'pods, SLURM, Open MPI), the flags above given on the command line override '
+                    'it. See docs/gpu_tpu.md.', flag_values=flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
@@ -100,6 +105,10 @@ def main(argv: list[str]) -> None:
               for name in ('coordinator_address', 'num_processes', 'process_id')}
     for name in ('num_processes', 'process_id'):
       launch[name] = _as_int(name, launch[name])
+    if flags.FLAGS.distributed == 'auto':  # detection fills what the command line leaves out
+      launch = {name: value if flags.FLAGS[name].present else None
+                for name, value in launch.items()}
+    launch['distributed'] = flags.FLAGS.distributed
     multihost.check_launch(**launch)
     multihost.initialize(**launch)
     # Imported here so that bad flags are reported without loading TensorFlow.
