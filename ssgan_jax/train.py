@@ -19,7 +19,7 @@ import optax
 with epy.lazy_imports():
   from clu import metric_writers, parameter_overview
 
-from ssgan_jax import (checkpointing, convolutions, input_pipeline, losses, models, multihost,
+from ssgan_jax import (checkpointing, input_pipeline, kernels, losses, models, multihost,
                        parallel, plots, precision, progress)
 from ssgan_jax.config import Config, ConfigError, check_divisible_by_devices
 
@@ -70,7 +70,7 @@ class Setup:
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
                disc=family.discriminator(info.num_classes + head.extra_outputs,
-                                         conv_algorithms(config)).clone(
+                                         kernel_choices(config)).clone(
                    minibatch_kernels=config.minibatch_kernels,
                    minibatch_kernel_dim=config.minibatch_kernel_dim),
                # The reference Adam adds its epsilon inside the square root.
@@ -87,12 +87,13 @@ class Setup:
     return self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name, conv_algorithms(self.config))
+    return self.family.generator(self.image_shape, axis_name, kernel_choices(self.config))
 
 
-def conv_algorithms(config: Config) -> convolutions.ConvAlgorithms:
-  return convolutions.ConvAlgorithms(config.conv_transpose, config.conv_input_gradient,
-                                     config.conv_kernel_gradient)
+def kernel_choices(config: Config) -> kernels.KernelChoices:
+  """The config's kernel algorithms, 'auto' resolved for JAX's default backend."""
+  return kernels.KernelChoices(config.conv_transpose, config.conv_input_gradient,
+                               config.conv_kernel_gradient, config.dropout_sampler).resolve()
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:
