@@ -360,8 +360,14 @@ def train_and_evaluate(config: Config, workdir: str,
 
   If stop_requested(step) turns True, saves a checkpoint at that step and returns
   {'step': step, 'stopped': True} without evaluating. `data`, if given, is (info, arrays)
-  to train on instead of reading TFDS.
+  to train on instead of reading TFDS. Every computation runs at config.matmul_precision.
   """
+  with jax.default_matmul_precision(config.matmul_precision):
+    return _train_and_evaluate(config, workdir, stop_requested, data)
+
+
+def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[int], bool],
+                        data) -> dict:
   start_time = time.time()
   check_divisible_by_devices(config, jax.device_count())
   if jax.process_count() > 1 and config.parallel != 'pmap':
@@ -464,4 +470,5 @@ def train_and_evaluate(config: Config, workdir: str,
   plots.write_curves(writer, workdir, step)
   checkpointer.close()
   writer.close()
-  return summary
+  return {**summary, 'compute_dtype': config.compute_dtype,
+          'matmul_precision': config.matmul_precision}
