@@ -494,6 +494,21 @@ def scaling_rows(jax_rows: list) -> list:
   return rows
 
 
+def run_header(benchmark: str, steps: int, warmup: int, repeats: int) -> dict:
+  """The header record of a timing run: its command, date, device, versions and flags."""
+  devices = jax.local_devices()
+  return {
+      'kind': 'header', 'benchmark': benchmark,
+      'command': ' '.join([f'python -m benchmarks.{benchmark}'] + sys.argv[1:]),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
+      'num_local_devices': len(devices), 'jax': jax.__version__,
+      'jaxlib': importlib.metadata.version('jaxlib'),
+      'host': platform.machine(), 'cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'steps': steps, 'warmup': warmup, 'repeats': repeats}
+
+
 def main(argv):
   xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
@@ -504,18 +519,8 @@ def main(argv):
     ssgan_main.fail(str(e))
   devices = jax.local_devices()
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
-  header = {
-      'kind': 'header', 'benchmark': 'throughput',
-      'command': ' '.join(['python -m benchmarks.throughput'] + sys.argv[1:]),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
-      'num_local_devices': len(devices), 'jax': jax.__version__,
-      'jaxlib': importlib.metadata.version('jaxlib'),
-      'host': platform.machine(), 'cpu_count': os.cpu_count(),
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'steps': _STEPS.value, 'warmup': _WARMUP.value, 'repeats': _REPEATS.value,
-      'skipped_device_counts': [c for c in counts if c > len(devices)],
-  }
+  header = {**run_header('throughput', _STEPS.value, _WARMUP.value, _REPEATS.value),
+            'skipped_device_counts': [c for c in counts if c > len(devices)]}
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   jsonl_path = os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl')
   open(jsonl_path, 'w').close()

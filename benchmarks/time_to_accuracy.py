@@ -34,13 +34,19 @@ from ssgan_jax import main as ssgan_main
 from ssgan_jax import xla_cpu
 
 FRAMEWORKS = ('jax', 'torch')
-_TARGETS = flags.DEFINE_list('targets', ['0.95', '0.97', '0.98'], 'Test accuracies to time.')
-_FRAMEWORKS = flags.DEFINE_list('frameworks', list(FRAMEWORKS), 'Trainers to time.')
-_BUDGET_S = flags.DEFINE_float('budget_s', 0, 'Wall-clock budget of each trainer (0: none).')
-_DATA_NPZ = flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py '
-                                'instead of TFDS.')
-_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch CPU threads (0: default).')
-_OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/out/time_to_accuracy', 'Output folder.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The run's Config flags and this benchmark's (defined only when it is the program, so
+  that benchmarks/device_run.py can import it)."""
+  ssgan_main.define_flags()
+  flags.DEFINE_list('targets', ['0.95', '0.97', '0.98'], 'Test accuracies to time.')
+  flags.DEFINE_list('frameworks', list(FRAMEWORKS), 'Trainers to time.')
+  flags.DEFINE_float('budget_s', 0, 'Wall-clock budget of each trainer (0: none).')
+  flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py instead of TFDS.')
+  flags.DEFINE_integer('torch_threads', 0, 'torch CPU threads (0: default).')
+  flags.DEFINE_string('out_dir', 'benchmarks/out/time_to_accuracy', 'Output folder.')
 
 
 class Clock:
@@ -178,19 +184,19 @@ def run(config: config_lib.Config, splits: dict, targets: list[float], framework
 def check_flags(config: config_lib.Config) -> list[float]:
   """The targets; raises ConfigError for the first bad flag."""
   config_lib.validate(config)
-  unknown = set(_FRAMEWORKS.value) - set(FRAMEWORKS)
-  if unknown or not _FRAMEWORKS.value:
-    raise config_lib.ConfigError('frameworks', ','.join(_FRAMEWORKS.value),
+  unknown = set(FLAGS.frameworks) - set(FRAMEWORKS)
+  if unknown or not FLAGS.frameworks:
+    raise config_lib.ConfigError('frameworks', ','.join(FLAGS.frameworks),
                                  f'allowed: {", ".join(FRAMEWORKS)}')
   try:
-    targets = [float(t) for t in _TARGETS.value]
+    targets = [float(t) for t in FLAGS.targets]
   except ValueError:
     targets = []
   if not targets or not all(0 <= t <= 1 for t in targets):
-    raise config_lib.ConfigError('targets', ','.join(_TARGETS.value),
+    raise config_lib.ConfigError('targets', ','.join(FLAGS.targets),
                                  'must be accuracies in [0, 1], comma-separated')
-  if _DATA_NPZ.value and not os.path.isfile(_DATA_NPZ.value):
-    raise config_lib.ConfigError('data_npz', _DATA_NPZ.value, 'no such file')
+  if FLAGS.data_npz and not os.path.isfile(FLAGS.data_npz):
+    raise config_lib.ConfigError('data_npz', FLAGS.data_npz, 'no such file')
   return targets
 
 
@@ -201,17 +207,17 @@ def main(argv):
   config = ssgan_main.config_from_flags()
   try:
     targets = check_flags(config)
-    splits = (export_data.read_npz(_DATA_NPZ.value) if _DATA_NPZ.value
+    splits = (export_data.read_npz(FLAGS.data_npz) if FLAGS.data_npz
               else export_data.read_splits(config))
   except config_lib.ConfigError as e:
     ssgan_main.fail(str(e))
-  if _TORCH_THREADS.value:
+  if FLAGS.torch_threads:
     import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(_TORCH_THREADS.value)
-  record = run(config, splits, targets, _FRAMEWORKS.value, _BUDGET_S.value, _OUT_DIR.value)
+    torch.set_num_threads(FLAGS.torch_threads)
+  record = run(config, splits, targets, FLAGS.frameworks, FLAGS.budget_s, FLAGS.out_dir)
   print(markdown(record))
 
 
 if __name__ == '__main__':
-  ssgan_main.define_flags()
+  define_flags()
   app.run(main, flags_parser=ssgan_main.parse_flags)
