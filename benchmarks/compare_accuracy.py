@@ -38,6 +38,7 @@ from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax import train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
@@ -192,6 +193,7 @@ def merge(out_dirs: list[str]) -> dict:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = ssgan_main.config_from_flags()

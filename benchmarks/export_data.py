@@ -11,6 +11,7 @@ import numpy as np
 
 from ssgan_jax import input_pipeline
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax.config import Config, ConfigError
 
 
@@ -51,6 +52,7 @@ _OUT = flags.DEFINE_string('out', None, 'The .npz file to write.')
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   del argv
   config = ssgan_main.config_from_flags()
   np.savez_compressed(_OUT.value, **read_splits(config))

@@ -17,6 +17,7 @@ from absl import app, flags
 import numpy as np
 
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax import train
 
 from run_environment import run_environment
@@ -65,6 +66,7 @@ def markdown(record: dict) -> str:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   del argv
   steps = {name: int(n) for name, n in (item.split(':') for item in _STEPS.value)}
   os.makedirs(_OUT_DIR.value, exist_ok=True)

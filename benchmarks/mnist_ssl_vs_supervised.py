@@ -15,6 +15,7 @@ from typing import Sequence
 from absl import app, flags
 
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax import train
 
 from run_environment import run_environment
@@ -67,6 +68,7 @@ def markdown(record: dict) -> str:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   del argv
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   workroot = tempfile.mkdtemp(prefix='mnist_ssl_vs_supervised_', dir=_OUT_DIR.value)

@@ -22,6 +22,7 @@ from absl import app, flags
 
 import mnist_ssl_vs_supervised as base
 from run_environment import run_environment
+from ssgan_jax import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
 VARIANTS = {
@@ -113,6 +114,7 @@ def markdown(record: dict) -> str:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   del argv
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown or BASELINE not in _VARIANTS.value:

@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks import peaks
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 
@@ -157,16 +158,18 @@ class Case:
     self.trainer = parallel.DataParallelTrainer(step_fn, self.config, self.data, train.AXIS,
                                                 devices)
     init_images = self.data.unlabeled_images[:train.INIT_BATCH_SIZE]
-    self.state = self.trainer.replicate(train.create_train_state(self.setup, init_images))
     self.chunks = self.trainer.chunks(0)
     self.steps_per_call = self.trainer.steps_in_call(0)
-    start = time.perf_counter()
-    self.compiled = self.trainer.fn.lower(
-        *self.trainer.arguments(self.state, next(self.chunks))).compile()
-    self.compile_s = time.perf_counter() - start
-    plain = self.config.replace(**PLAIN_STEP)
-    self.cost = cost_per_step(self.compiled if plain == self.config
-                              else self._plain_step_compiled(plain, info))
+    # Traced and compiled at the run's precision; the compiled calls keep it.
+    with jax.default_matmul_precision(self.config.matmul_precision):
+      self.state = self.trainer.replicate(train.create_train_state(self.setup, init_images))
+      start = time.perf_counter()
+      self.compiled = self.trainer.fn.lower(
+          *self.trainer.arguments(self.state, next(self.chunks))).compile()
+      self.compile_s = time.perf_counter() - start
+      plain = self.config.replace(**PLAIN_STEP)
+      self.cost = cost_per_step(self.compiled if plain == self.config
+                                else self._plain_step_compiled(plain, info))
     self.timings = []
 
   def _plain_step_compiled(self, config: Config, info):
@@ -201,13 +204,15 @@ class Case:
     num_devices = len(self.devices)
     flops = self.cost['flops'] and self.cost['flops'] * num_devices
     peak = peaks.peak_for(kind)
-    peak_flops = peak and peak.flops(self.config.compute_dtype)
+    peak_rate, peak_flops = (peak.rate(self.config.compute_dtype, self.config.matmul_precision)
+                             if peak else (None, None))
     achieved = flops and flops * steps_per_s
     return {
         'kind': 'jax', 'model': self.model, 'global_batch': self.batch_size,
         'num_devices': num_devices, 'per_device_batch': self.batch_size // num_devices,
         'variant': self.variant, 'parallel': self.config.parallel,
         'compute_dtype': self.config.compute_dtype,
+        'matmul_precision': self.config.matmul_precision,
         'steps_per_dispatch': self.config.steps_per_dispatch,
         'data_on_device': self.trainer.on_device, 'donate_state': self.config.donate_state,
         'compile_s': round(self.compile_s, 3), 'steps_per_s': steps_per_s,
@@ -215,7 +220,8 @@ class Case:
         'steps_per_s_repeats': self.timings,
         'flops_per_step': flops, 'bytes_per_step': self.cost['bytes'] and
         self.cost['bytes'] * num_devices, 'achieved_flops_per_s': achieved,
-        'peak_device': peak.name if peak else None, 'peak_flops_per_s': peak_flops,
+        'peak_device': peak.name if peak else None, 'peak_rate': peak_rate,
+        'peak_flops_per_s': peak_flops,
         'fraction_of_peak': (achieved / (peak_flops * num_devices)
                              if achieved and peak_flops else None),
         'peak_note': None if peak else f'unknown device {kind!r}: no published peak',
@@ -271,29 +277,39 @@ def profile(case: Case, trace_root: str, top: int) -> dict:
                       for name, us in micros.most_common(top)]}
 
 
-def interleaved(cases: list) -> None:
+def interleaved(cases: list, warmup: int, repeats: int, steps: int) -> None:
   """Warms every case up, then times the repeats round-robin so load drifts hit all alike."""
   for case in cases:
-    case.run(_WARMUP.value)
-  for _ in range(_REPEATS.value):
+    case.run(warmup)
+  for _ in range(repeats):
     for case in cases:
-      case.time(_STEPS.value)
+      case.time(steps)
 
 
-def matmul_peak(dtype) -> dict:
-  """Measured FLOP/s of a square matmul on the first device (median of 10 after warm-up)."""
-  n = _MATMUL_SIZE.value or (1024 if jax.devices()[0].platform == 'cpu' else 8192)
+def matmul_peak(dtype, n: int = 0, precision: str = 'default') -> dict:
+  """Measured FLOP/s of a square n x n matmul (0: 8192, or 1024 on CPU) at JAX's matmul
+  `precision` on the first device (median of 10 after warm-up)."""
+  n = n or (1024 if jax.devices()[0].platform == 'cpu' else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(jnp.matmul)
-  jax.block_until_ready(matmul(a, b))
-  times = []
-  for _ in range(10):
-    start = time.perf_counter()
+  with jax.default_matmul_precision(precision):
     jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - start)
-  return {'kind': 'matmul_peak', 'dtype': jnp.dtype(dtype).name, 'n': n,
-          'flops_per_s': 2 * n**3 / statistics.median(times)}
+    times = []
+    for _ in range(10):
+      start = time.perf_counter()
+      jax.block_until_ready(matmul(a, b))
+      times.append(time.perf_counter() - start)
+  return {'kind': 'matmul_peak', 'dtype': jnp.dtype(dtype).name, 'matmul_precision': precision,
+          'n': n, 'flops_per_s': 2 * n**3 / statistics.median(times)}
+
+
+def matmul_peaks(records: list, n: int = 0) -> list:
+  """`matmul_peak` of bfloat16, and of float32 at every precision the records ran at."""
+  precisions = sorted({r['matmul_precision'] for r in records if r['kind'] == 'jax'}
+                      or {'default'})
+  return ([matmul_peak(jnp.bfloat16, n)]
+          + [matmul_peak(jnp.float32, n, precision) for precision in precisions])
 
 
 def _describe(error: Exception) -> str:
@@ -318,6 +334,8 @@ class TorchCase:
     from benchmarks.torch_reference.train import TorchTrainer  # pylint: disable=g-import-not-at-top
     self.case, self.mode, self.torch_version = case, mode, torch.__version__
     self.device = 'cuda' if case.devices[0].platform == 'gpu' else 'cpu'
+    from benchmarks.torch_reference.train import match_jax_precision  # pylint: disable=g-import-not-at-top
+    self.precision = match_jax_precision(case.config.matmul_precision, self.device)
     self.sync = torch.cuda.synchronize if self.device == 'cuda' else (lambda: None)
     arrays = input_pipeline.train_arrays(case.data)
     self.batches = [input_pipeline.gather_batch(arrays, indices) for _, indices in zip(
@@ -352,7 +370,8 @@ class TorchCase:
     """Its steps/s and JAX/torch ratio; achieved FLOP/s by XLA's count of the JAX step (the
     same arithmetic)."""
     record = {'kind': 'torch', 'model': self.case.model, 'global_batch': self.case.batch_size,
-              'mode': self.mode, 'device': self.device, 'torch': self.torch_version}
+              'mode': self.mode, 'device': self.device, 'torch': self.torch_version,
+              'matmul_precision': self.case.config.matmul_precision, **self.precision}
     if self.error:
       return {**record, 'error': self.error}
     steps_per_s = statistics.median(self.timings)
@@ -370,13 +389,12 @@ def roofline(record: dict) -> list:
   bytes_ = record['bytes_per_step'] / record['num_devices']
   rows = []
   for peak in peaks.PEAKS:
-    peak_flops = peak.flops(record['compute_dtype']) or peak.bf16_flops
+    peak_rate, peak_flops = peak.rate(record['compute_dtype'], record['matmul_precision'])
     compute_s, memory_s = flops / peak_flops, bytes_ / peak.memory_bytes_per_s
     rows.append({'kind': 'roofline_projection', 'model': record['model'],
                  'per_device_batch': record['per_device_batch'],
                  'compute_dtype': record['compute_dtype'], 'device': peak.name,
-                 'peak_dtype': 'bfloat16' if peak.flops(record['compute_dtype']) is None
-                 else record['compute_dtype'],
+                 'peak_rate': peak_rate,
                  'steps_per_s': 1 / max(compute_s, memory_s),
                  'bound': 'compute' if compute_s >= memory_s else 'memory'})
   return rows
@@ -396,7 +414,7 @@ def markdown(header: dict, records: list) -> str:
          '| MB/step | achieved TFLOP/s | fraction of peak |',
          '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in jax_rows:
-    fraction = (f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_device']}"
+    fraction = (f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_device']} {r['peak_rate']}"
                 if r['fraction_of_peak'] is not None else r['peak_note'] or 'n/a')
     out.append(
         f"| {r['model']} | {r['global_batch']} | {r['num_devices']} | {r['variant'] or 'default'} "
@@ -404,22 +422,28 @@ def markdown(header: dict, records: list) -> str:
         f"| {_fmt(r['flops_per_step'] and r['flops_per_step'] / 1e9)} "
         f"| {_fmt(r['bytes_per_step'] and r['bytes_per_step'] / 1e6)} "
         f"| {_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e12)} | {fraction} |")
-  matmuls = {r['dtype']: r for r in records if r['kind'] == 'matmul_peak'}
+  # bfloat16 matmuls run at one rate whatever the precision; float32 at the run's.
+  rate_key = lambda dtype, precision: (dtype, 'default' if dtype == 'bfloat16' else precision)
+  matmuls = {rate_key(r['dtype'], r.get('matmul_precision', 'default')): r
+             for r in records if r['kind'] == 'matmul_peak'}
 
-  def of_matmul(flops_per_s, dtype: str, num_devices: int = 1) -> str:
-    matmul = matmuls.get(dtype)
+  def of_matmul(flops_per_s, dtype: str, precision: str, num_devices: int = 1) -> str:
+    matmul = matmuls.get(rate_key(dtype, precision))
     if not flops_per_s or not matmul:
       return 'n/a'
     return f"{100 * flops_per_s / (matmul['flops_per_s'] * num_devices):.1f} %"
 
+  rate_name = lambda dtype, precision: (
+      dtype if rate_key(dtype, precision)[1] == 'default' else f'{dtype} ({precision})')
   for matmul in matmuls.values():
-    out += ['', f"Measured {matmul['dtype']} matmul ({matmul['n']}^3): "
-            f"{matmul['flops_per_s'] / 1e12:.3g} TFLOP/s."]
+    out += ['', f"Measured {rate_name(matmul['dtype'], matmul.get('matmul_precision'))} matmul "
+            f"({matmul['n']}^3): {matmul['flops_per_s'] / 1e12:.3g} TFLOP/s."]
   big = [r for r in jax_rows if r['model'] != 'mlp' and r['achieved_flops_per_s']]
   for r in big:
+    precision = r.get('matmul_precision', 'default')
     out.append(f"- {r['model']} batch {r['global_batch']} ({r['variant'] or 'default'}): "
-               f"{of_matmul(r['achieved_flops_per_s'], r['compute_dtype'], r['num_devices'])}"
-               f" of the measured {r['compute_dtype']} matmul rate")
+               f"{of_matmul(r['achieved_flops_per_s'], r['compute_dtype'], precision, r['num_devices'])}"
+               f" of the measured {rate_name(r['compute_dtype'], precision)} matmul rate")
   torch_rows = [r for r in records if r['kind'] == 'torch']
   if torch_rows:
     out += ['', '| model | batch | torch mode | torch steps/s | JAX/torch | torch TFLOP/s '
@@ -427,7 +451,8 @@ def markdown(header: dict, records: list) -> str:
     for r in torch_rows:
       result = (f"{r['steps_per_s']:.2f} | {r['jax_over_torch']:.2f}x | "
                 f"{_fmt(r['achieved_flops_per_s'] and r['achieved_flops_per_s'] / 1e12)} | "
-                f"{of_matmul(r['achieved_flops_per_s'], 'float32')}" if 'steps_per_s' in r
+                f"{of_matmul(r['achieved_flops_per_s'], 'float32', r.get('matmul_precision', 'default'))}"
+                if 'steps_per_s' in r
                 else f"{r.get('error') or r.get('note')} | n/a | n/a | n/a")
       out.append(f"| {r['model']} | {r['global_batch']} | {r.get('mode', 'n/a')} | {result} |")
   scaling = scaling_rows(jax_rows)
@@ -445,7 +470,7 @@ def markdown(header: dict, records: list) -> str:
             '| model | batch per device | dtype | device | projected steps/s | bound |',
             '|---|---|---|---|---|---|']
     out += [f"| {r['model']} | {r['per_device_batch']} | {r['compute_dtype']} | {r['device']}"
-            f"{'' if r['peak_dtype'] == r['compute_dtype'] else ' (bf16 peak)'} | "
+            f" ({r['peak_rate']} peak) | "
             f"{r['steps_per_s']:.0f} | {r['bound']} |" for r in projection]
   for r in (r for r in records if r['kind'] == 'profile'):
     out += ['', f"Slowest XLA ops of {r['model']}, batch {r['global_batch']}, "
@@ -475,7 +500,23 @@ def scaling_rows(jax_rows: list) -> list:
   return rows
 
 
+def run_header(benchmark: str, steps: int, warmup: int, repeats: int) -> dict:
+  """The header record of a timing run: its command, date, device, versions and flags."""
+  devices = jax.local_devices()
+  return {
+      'kind': 'header', 'benchmark': benchmark,
+      'command': ' '.join([f'python -m benchmarks.{benchmark}'] + sys.argv[1:]),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
+      'num_local_devices': len(devices), 'jax': jax.__version__,
+      'jaxlib': importlib.metadata.version('jaxlib'),
+      'host': platform.machine(), 'cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'steps': steps, 'warmup': warmup, 'repeats': repeats}
+
+
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -484,18 +525,8 @@ def main(argv):
     ssgan_main.fail(str(e))
   devices = jax.local_devices()
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
-  header = {
-      'kind': 'header', 'benchmark': 'throughput',
-      'command': ' '.join(['python -m benchmarks.throughput'] + sys.argv[1:]),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
-      'num_local_devices': len(devices), 'jax': jax.__version__,
-      'jaxlib': importlib.metadata.version('jaxlib'),
-      'host': platform.machine(), 'cpu_count': os.cpu_count(),
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'steps': _STEPS.value, 'warmup': _WARMUP.value, 'repeats': _REPEATS.value,
-      'skipped_device_counts': [c for c in counts if c > len(devices)],
-  }
+  header = {**run_header('throughput', _STEPS.value, _WARMUP.value, _REPEATS.value),
+            'skipped_device_counts': [c for c in counts if c > len(devices)]}
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   jsonl_path = os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl')
   open(jsonl_path, 'w').close()
@@ -525,7 +556,7 @@ def main(argv):
       torch_cases = ([TorchCase(paired, mode) for mode in _TORCH_MODES.value]
                      if _TORCH.value and paired and devices[0].platform in ('cpu', 'gpu')
                      else [])
-      interleaved(cases + torch_cases)
+      interleaved(cases + torch_cases, _WARMUP.value, _REPEATS.value, _STEPS.value)
       for case in cases:
         new = [case.record()]
         if _TORCH.value and case is paired:
@@ -538,8 +569,9 @@ def main(argv):
         emit(new)
         records += new
       del cases, torch_cases
-  new = [matmul_peak(jnp.bfloat16), matmul_peak(jnp.float32)]
-  projected = {(r['model'], r['global_batch'], r['compute_dtype']): r for r in records
+  new = matmul_peaks(records, _MATMUL_SIZE.value)
+  projected = {(r['model'], r['global_batch'], r['compute_dtype'], r['matmul_precision']): r
+               for r in records
                if r['kind'] == 'jax' and r['num_devices'] == 1}
   new += [p for r in projected.values() for p in roofline(r)]
   emit(new)

@@ -3,12 +3,13 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssgan_jax import convolutions, losses
+from ssgan_jax import kernels, losses
 
 MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
 MODES = ('ssl', 'supervised')
 PARALLEL_MODES = ('pmap', 'shard_map')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+MATMUL_PRECISIONS = ('default', 'high', 'highest')
 EVAL_PARAMS = ('ema', 'raw')
 LABEL_SELECTIONS = ('random', 'representative')
 
@@ -65,11 +66,13 @@ class Config:
   # Speed: how the train step runs (only compute_dtype changes more than float rounding).
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
-  conv_transpose: str = _field('auto', "How G's transposed convolutions are computed (the same function): phases (a stride-1 convolution per output phase with that phase's taps, then depth to space), subpixel (one stride-1 convolution of all phases side by side, zero-filled to a common window), dilated (lax.conv_transpose), or auto (phases for layers of "
-                              f"{convolutions.PHASE_MIN_FEATURES} or more output features, subpixel below).")
+  matmul_precision: str = _field('default', "Precision of float32 matmuls and convolutions, JAX's names (jax.default_matmul_precision): default (the backend's fastest: TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs), high (TF32, or 3 bfloat16 passes), highest (full float32).")
+  conv_transpose: str = _field('auto', "How G's transposed convolutions are computed (the same function): dilated (XLA's own: lax.conv_transpose), phases (a stride-1 convolution per output phase with that phase's taps, then depth to space), subpixel (one stride-1 convolution of all phases side by side, zero-filled to a common window), or auto (on CPU phases for layers of "
+                              f"{kernels.PHASE_MIN_FEATURES} or more output features and subpixel below; dilated elsewhere).")
   conv_input_gradient: str = _field('auto', "How strided convolutions' input gradients are computed (the same values): dilated (XLA's own, a convolution over the output gradient with zeros between its pixels), phases (a stride-1 convolution of the output gradient per input phase with that phase's taps, then depth to space), subpixel (one stride-1 convolution of all phases side by side, zero-filled to a common window), or auto (on CPU phases for layers of "
-                                   f"{convolutions.PHASE_MIN_FEATURES} or more input channels and subpixel below; dilated elsewhere).")
-  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches where XLA:CPU runs convolutions with YNNPACK, which ssgan_jax turns off unless XLA_FLAGS chooses; xla elsewhere).")
+                                   f"{kernels.PHASE_MIN_FEATURES} or more input channels and subpixel below; dilated elsewhere).")
+  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches where XLA:CPU runs convolutions with YNNPACK, which the entry points turn off unless XLA_FLAGS chooses; xla elsewhere).")
+  dropout_sampler: str = _field('auto', "How dropout masks are drawn (the same distribution, other random numbers): bernoulli (jax.random.bernoulli, a 32-bit word per element), bits (a few bits of a word per element, for keep probabilities that are multiples of 1/256), or auto (bits on CPU, bernoulli elsewhere).")
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
@@ -96,7 +99,7 @@ RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
     'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_input_gradient',
-    'conv_kernel_gradient',
+    'conv_kernel_gradient', 'matmul_precision',
     'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
@@ -127,9 +130,11 @@ def validate(config: Config) -> None:
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
-  _check_choice(config, 'conv_transpose', convolutions.CONV_TRANSPOSE_ALGORITHMS)
-  _check_choice(config, 'conv_input_gradient', convolutions.INPUT_GRADIENTS)
-  _check_choice(config, 'conv_kernel_gradient', convolutions.KERNEL_GRADIENTS)
+  _check_choice(config, 'matmul_precision', MATMUL_PRECISIONS)
+  _check_choice(config, 'conv_transpose', kernels.CONV_TRANSPOSE_ALGORITHMS)
+  _check_choice(config, 'conv_input_gradient', kernels.INPUT_GRADIENTS)
+  _check_choice(config, 'conv_kernel_gradient', kernels.KERNEL_GRADIENTS)
+  _check_choice(config, 'dropout_sampler', kernels.DROPOUT_SAMPLERS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):
     _check_at_least(config, name, 1)

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 
 MODES = (('supervised', 'supervised-only'), ('ssl', 'semi-supervised GAN'))
 
@@ -35,6 +36,7 @@ def run_demo(config: config_lib.Config, workdir: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:

@@ -13,6 +13,7 @@ from sklearn import metrics
 
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 
 FLAGS = flags.FLAGS
 
@@ -68,6 +69,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:

@@ -15,7 +15,7 @@ import typing
 from absl import app, flags, logging
 
 from ssgan_jax import config as config_lib
-from ssgan_jax import multihost, preemption
+from ssgan_jax import multihost, preemption, xla_cpu
 
 _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
                    float: flags.DEFINE_float, bool: flags.DEFINE_boolean}
@@ -41,6 +41,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('process_id', os.environ.get('JAX_PROCESS_ID', '0'),
                       'This process, 0 ... num_processes - 1 (default $JAX_PROCESS_ID or 0).',
                       flag_values=flag_values)
+  flags.DEFINE_enum('distributed', 'explicit', multihost.DISTRIBUTED_MODES,
+                    'explicit: the three flags above launch the run; auto: '
+                    "jax.distributed.initialize() detects the cluster's processes (Cloud TPU "
+                    'pods, SLURM, Open MPI), the flags above given on the command line override '
+                    'it. See docs/gpu_tpu.md.', flag_values=flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
@@ -87,6 +92,7 @@ def _as_int(name: str, value: str) -> int:
 
 
 def main(argv: list[str]) -> None:
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:
@@ -100,6 +106,10 @@ def main(argv: list[str]) -> None:
               for name in ('coordinator_address', 'num_processes', 'process_id')}
     for name in ('num_processes', 'process_id'):
       launch[name] = _as_int(name, launch[name])
+    if flags.FLAGS.distributed == 'auto':  # detection fills what the command line leaves out
+      launch = {name: value if flags.FLAGS[name].present else None
+                for name, value in launch.items()}
+    launch['distributed'] = flags.FLAGS.distributed
     multihost.check_launch(**launch)
     multihost.initialize(**launch)
     # Imported here so that bad flags are reported without loading TensorFlow.

@@ -15,15 +15,14 @@ g is trained only in the output layers; elsewhere it stays at its initial value.
 """
 import dataclasses
 import functools
-import math
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import convolutions
-from ssgan_jax.convolutions import ConvAlgorithms
+from ssgan_jax import kernels
+from ssgan_jax.kernels import KernelChoices
 
 # Kernel initialisers of the reference code: N(0, 0.1) in the MNIST discriminator, lasagne's
 # default Glorot uniform in the MNIST generator, N(0, 0.05) everywhere in the conv models.
@@ -89,31 +88,31 @@ class Dense(nn.Module):
 
 class Conv(nn.Module):
   """Bias-free square convolution: `nn.Conv`'s function, kernel and parameter name, computed
-  by `algorithms` (see `convolutions.conv`); with `unit_norm`, the kernel v acts as
+  by `algorithms` (see `kernels.conv`); with `unit_norm`, the kernel v acts as
   `unit_columns(v)`."""
   features: int
   kernel_size: int
   stride: int
   padding: str
-  algorithms: ConvAlgorithms
+  algorithms: KernelChoices
   unit_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', _CONV_V_INIT,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return convolutions.conv(x, unit_columns(kernel) if self.unit_norm else kernel,
+    return kernels.conv(x, unit_columns(kernel) if self.unit_norm else kernel,
                              self.stride, self.padding, self.algorithms)
 
 
 class ConvTranspose(nn.Module):
   """Bias-free 'SAME' transposed convolution: `nn.ConvTranspose`'s function and kernel,
-  computed by `algorithms` (see `convolutions.conv_transpose_same`); with `unit_norm`, the
+  computed by `algorithms` (see `kernels.conv_transpose_same`); with `unit_norm`, the
   kernel v acts as `unit_columns(v)`."""
   features: int
   kernel_size: int
   stride: int
-  algorithms: ConvAlgorithms
+  algorithms: KernelChoices
   kernel_init: Callable = _CONV_V_INIT
   unit_norm: bool = False
 
@@ -121,7 +120,7 @@ class ConvTranspose(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return convolutions.conv_transpose_same(
+    return kernels.conv_transpose_same(
         x, unit_columns(kernel) if self.unit_norm else kernel, self.stride, self.algorithms)
 
 
@@ -141,7 +140,7 @@ class WNDense(nn.Module):
 class WNConv(nn.Module):
   """Weight-normalised convolution; with `transpose`, a 'SAME' transposed one."""
   features: int
-  algorithms: ConvAlgorithms
+  algorithms: KernelChoices
   kernel: int = 3
   stride: int = 1
   padding: str = 'SAME'
@@ -162,8 +161,10 @@ class WNConv(nn.Module):
 
 @dataclasses.dataclass
 class ExampleNoise:
-  """Gaussian noise and dropout drawn from per-example keys; a no-op without keys."""
+  """Gaussian noise and dropout (masks sampled as `choices` says) drawn from per-example
+  keys; a no-op without keys."""
   example_keys: Optional[jax.Array]
+  choices: KernelChoices = KernelChoices()
   _calls: int = 0
 
   def _next_keys(self):
@@ -181,28 +182,9 @@ class ExampleNoise:
     if self.example_keys is None or rate == 0:
       return x_Bx
     keys = self._next_keys()
-    keep = jax.vmap(lambda k: bernoulli_mask(k, 1 - rate, x_Bx.shape[1:]))(keys)
+    keep = jax.vmap(lambda k: kernels.keep_mask(k, 1 - rate, x_Bx.shape[1:], self.choices))(
+        keys)
     return jnp.where(keep, x_Bx / (1 - rate), 0)
-
-
-def bernoulli_mask(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
-  """Booleans of `shape`, each True with probability p, independently.
-
-  `jax.random.bernoulli` spends a 32-bit random word on each element; on CPU drawing those
-  words took about 9 % of the SVHN train step (benchmarks/RESULTS.md section 12). Where p
-  (a Python float) is a multiple of 2^-b for some b <= 8
-  (dropout's keep probability 0.5: b = 1), each element here takes b bits of a word instead,
-  exactly as likely to be True; other p fall back to `jax.random.bernoulli`.
-  """
-  bits = next((b for b in range(1, 9) if (p * 2**b).is_integer()), None)
-  if bits is None:
-    return jax.random.bernoulli(key, p, shape)
-  per_word = 32 // bits
-  size = math.prod(shape)
-  words_W = jax.random.bits(key, (-(-size // per_word),), jnp.uint32)
-  shifts = jnp.arange(per_word, dtype=jnp.uint32) * bits
-  fields_WxP = (words_W[:, None] >> shifts) & (2**bits - 1)
-  return (fields_WxP.reshape(-1)[:size] < int(p * 2**bits)).reshape(shape)
 
 
 def pairwise_l1_distances(m_NxKxC: jax.Array) -> jax.Array:
@@ -319,7 +301,7 @@ class ConvDiscriminator(nn.Module):
   """
   num_outputs: int
   widths: Sequence[int] = (96, 192)
-  algorithms: ConvAlgorithms = ConvAlgorithms()
+  algorithms: KernelChoices = KernelChoices()
   input_dropout: float = 0.2
   hidden_dropout: float = 0.5
   minibatch_kernels: int = 0
@@ -328,7 +310,7 @@ class ConvDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, images_BxHxWxC, example_keys=None,
                group_size: Optional[int] = None):
-    noise = ExampleNoise(example_keys)
+    noise = ExampleNoise(example_keys, self.algorithms)
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
     h = noise.dropout(images_BxHxWxC, self.input_dropout)
@@ -352,7 +334,7 @@ class ConvDiscriminator(nn.Module):
 class ConvGenerator(nn.Module):
   """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh)."""
   image_shape: Sequence[int]
-  algorithms: ConvAlgorithms = ConvAlgorithms()
+  algorithms: KernelChoices = KernelChoices()
   axis_name: Optional[str] = None
 
   @nn.compact
@@ -395,15 +377,15 @@ MODEL_FAMILIES = {
         generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), axis_name=axis),
         pixel_range=(0.0, 1.0), supported_shape=None),
     'conv_small': ModelFamily(
-        discriminator=lambda n, algorithms=ConvAlgorithms(): ConvDiscriminator(
+        discriminator=lambda n, algorithms=KernelChoices(): ConvDiscriminator(
             n, widths=(64, 128), algorithms=algorithms),
-        generator=lambda shape, axis, algorithms=ConvAlgorithms(): ConvGenerator(
+        generator=lambda shape, axis, algorithms=KernelChoices(): ConvGenerator(
             tuple(shape), algorithms, axis),
         pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
     'conv_large': ModelFamily(
-        discriminator=lambda n, algorithms=ConvAlgorithms(): ConvDiscriminator(
+        discriminator=lambda n, algorithms=KernelChoices(): ConvDiscriminator(
             n, widths=(96, 192), algorithms=algorithms),
-        generator=lambda shape, axis, algorithms=ConvAlgorithms(): ConvGenerator(
+        generator=lambda shape, axis, algorithms=KernelChoices(): ConvGenerator(
             tuple(shape), algorithms, axis),
         pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
     # Small MLPs for 2-D toy data (the rings demo); G's output is linear.

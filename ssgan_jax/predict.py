@@ -12,6 +12,7 @@ from PIL import Image
 from ssgan_jax import config as config_lib
 from ssgan_jax import evaluate
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 
 FLAGS = flags.FLAGS
 _MODES = {1: 'L', 3: 'RGB'}  # PIL image mode for each channel count
@@ -47,6 +48,7 @@ def predictions(run, paths: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  xla_cpu.apply_entry_point_choice()
   paths = argv[1:]
   if not FLAGS.workdir:
     ssgan_main.fail('--workdir is required')

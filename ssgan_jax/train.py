@@ -18,8 +18,8 @@ import optax
 with epy.lazy_imports():
   from clu import parameter_overview
 
-from ssgan_jax import (checkpointing, convolutions, input_pipeline, losses, metrics_record,
-                       models, multihost, parallel, plots, precision)
+from ssgan_jax import (checkpointing, input_pipeline, kernels, losses, metrics_record, models,
+                       multihost, parallel, plots, precision)
 from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, lr_decay_start,
                              with_group_size)
 
@@ -70,7 +70,7 @@ class Setup:
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
                disc=family.discriminator(info.num_classes + head.extra_outputs,
-                                         conv_algorithms(config)).clone(
+                                         kernel_choices(config)).clone(
                    minibatch_kernels=config.minibatch_kernels,
                    minibatch_kernel_dim=config.minibatch_kernel_dim),
                # The reference Adam adds its epsilon inside the square root.
@@ -87,12 +87,13 @@ class Setup:
     return self.config.minibatch_group_size or self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name, conv_algorithms(self.config))
+    return self.family.generator(self.image_shape, axis_name, kernel_choices(self.config))
 
 
-def conv_algorithms(config: Config) -> convolutions.ConvAlgorithms:
-  return convolutions.ConvAlgorithms(config.conv_transpose, config.conv_input_gradient,
-                                     config.conv_kernel_gradient)
+def kernel_choices(config: Config) -> kernels.KernelChoices:
+  """The config's kernel algorithms, 'auto' resolved for JAX's default backend."""
+  return kernels.KernelChoices(config.conv_transpose, config.conv_input_gradient,
+                               config.conv_kernel_gradient, config.dropout_sampler).resolve()
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:
@@ -381,8 +382,14 @@ def train_and_evaluate(config: Config, workdir: str,
 
   If stop_requested(step) turns True, saves a checkpoint at that step and returns
   {'step': step, 'stopped': True} without evaluating. `data`, if given, is (info, arrays)
-  to train on instead of reading TFDS.
+  to train on instead of reading TFDS. Every computation runs at config.matmul_precision.
   """
+  with jax.default_matmul_precision(config.matmul_precision):
+    return _train_and_evaluate(config, workdir, stop_requested, data)
+
+
+def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[int], bool],
+                        data) -> dict:
   start_time = time.time()
   if jax.process_count() > 1 and config.parallel != 'pmap':
     raise ConfigError('parallel', config.parallel, 'only pmap runs over several processes')
@@ -445,6 +452,7 @@ def train_and_evaluate(config: Config, workdir: str,
   recorder.write(step, {k: summary[k] for k in ('test_accuracy', 'test_accuracy_raw',
                                                 'wall_seconds')},
                  {metrics_record.TOTAL_SECONDS: summary[metrics_record.TOTAL_SECONDS]})
+  summary.update(compute_dtype=config.compute_dtype, matmul_precision=config.matmul_precision)
   if watch.warnings:
     summary['warnings'] = watch.warnings
   plots.write_curves(recorder.writer, workdir, step)

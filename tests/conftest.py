@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ssgan_jax import xla_cpu
+
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix='ssgan_jax_tests_xla_cache_')
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
@@ -23,6 +25,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 _FAST_COMPILES = '--xla_backend_optimization_level=0'
 if _FAST_COMPILES not in os.environ.get('XLA_FLAGS', ''):  # xdist workers inherit it
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILES}"
+# In-process runs get the entry points' CPU kernel choice (subprocesses make it themselves).
+xla_cpu.request_eigen_kernels()
 
 
 def default_optimization_env() -> dict:

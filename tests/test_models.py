@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import convolutions, models, xla_cpu
+from ssgan_jax import cpu_kernels, kernels, models, xla_cpu
 
 FAMILIES = ['mlp', 'conv_small', 'conv_large']
 IMAGE_SHAPE = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'conv_large': (32, 32, 3)}
@@ -421,7 +421,7 @@ def test_example_noise_statistics():
 def test_bernoulli_mask_frequency_and_independence(p):
   """Each element is True with probability p, neighbours (the bits of one word) and
   elements a word apart alike uncorrelated; the shape need not fill whole words."""
-  mask = np.asarray(models.bernoulli_mask(jax.random.key(3), p, (400, 33, 31)))
+  mask = np.asarray(cpu_kernels.bernoulli_mask(jax.random.key(3), p, (400, 33, 31)))
   assert mask.shape == (400, 33, 31) and mask.dtype == bool
   flat = mask.reshape(-1).astype(np.float64)
   tolerance = 5 * np.sqrt(p * (1 - p) / flat.size) + 1e-12
@@ -433,7 +433,7 @@ def test_bernoulli_mask_frequency_and_independence(p):
 
 
 def test_bernoulli_mask_differs_between_keys():
-  masks = [np.asarray(models.bernoulli_mask(jax.random.key(k), 0.5, (64, 64))) for k in (1, 2)]
+  masks = [np.asarray(cpu_kernels.bernoulli_mask(jax.random.key(k), 0.5, (64, 64))) for k in (1, 2)]
   assert 0.4 < (masks[0] != masks[1]).mean() < 0.6
 
 
@@ -483,7 +483,7 @@ def assert_same_function(ours, flax_module, x, output_shape):
 def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel_gradient):
   """Every algorithm gives nn.ConvTranspose's 'SAME' outputs and gradients, from the same
   initial kernel, for odd and even kernels, strides below and above the kernel."""
-  algorithms = convolutions.ConvAlgorithms(transpose=algorithm, kernel_gradient=kernel_gradient)
+  algorithms = kernels.KernelChoices(transpose=algorithm, kernel_gradient=kernel_gradient)
   flax_conv = flax.linen.ConvTranspose(4, (kernel, kernel), strides=(stride, stride),
                                        padding='SAME', use_bias=False,
                                        kernel_init=flax.linen.initializers.normal(0.05))
@@ -501,7 +501,7 @@ def test_conv_transpose_is_flax_conv_transpose(kernel, stride, algorithm, kernel
                                                             ('phases', 'xla')])
 def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradient):
   """D's convolution gives nn.Conv's outputs and gradients with every gradient algorithm."""
-  ours = models.Conv(4, kernel, stride, padding, convolutions.ConvAlgorithms(
+  ours = models.Conv(4, kernel, stride, padding, kernels.KernelChoices(
       input_gradient=input_gradient, kernel_gradient=kernel_gradient))
   flax_conv = flax.linen.Conv(4, (kernel, kernel), strides=(stride, stride), padding=padding,
                               use_bias=False, kernel_init=flax.linen.initializers.normal(0.05))
@@ -518,10 +518,10 @@ def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradien
   the float32 ones of the same rounded values."""
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16)).astype(jnp.bfloat16)
   weights = (0.1 * jax.random.normal(jax.random.key(1), (3, 3, 16, 8))).astype(jnp.bfloat16)
-  algorithms = convolutions.ConvAlgorithms(input_gradient=input_gradient,
+  algorithms = kernels.KernelChoices(input_gradient=input_gradient,
                                            kernel_gradient=kernel_gradient)
   loss = lambda x, w, algorithms: jnp.sum(
-      convolutions.conv(x, w, 2, 'SAME', algorithms).astype(jnp.float32) ** 2)
+      kernels.conv(x, w, 2, 'SAME', algorithms).astype(jnp.float32) ** 2)
   grads = jax.grad(loss, argnums=(0, 1))(x, weights, algorithms)
   xla_loss = lambda x, w: jnp.sum(jax.lax.conv_general_dilated(
       x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
@@ -552,14 +552,14 @@ def test_written_out_gradients_are_xla_s(kernel_hw, stride, padding):
   dx, dw = strided_vjp(dy)
   assert np.max(np.abs(dx)) > 0 and np.max(np.abs(dw)) > 0
   for algorithm in ('dilated', 'phases', 'subpixel'):
-    algorithms = convolutions.ConvAlgorithms(input_gradient=algorithm)
+    algorithms = kernels.KernelChoices(input_gradient=algorithm)
     np.testing.assert_allclose(
-        convolutions.input_gradient(dy, weights, (10, 9), stride, padding, algorithms), dx,
+        cpu_kernels.input_gradient(dy, weights, (10, 9), stride, padding, algorithms), dx,
         rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(convolutions.kernel_gradient(x, dy, kernel_hw, stride, padding), dw,
+  np.testing.assert_allclose(cpu_kernels.kernel_gradient(x, dy, kernel_hw, stride, padding), dw,
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      convolutions.kernel_gradient_by_patches(x, dy, kernel_hw, stride, padding), dw,
+      cpu_kernels.kernel_gradient_by_patches(x, dy, kernel_hw, stride, padding), dw,
       rtol=1e-5, atol=1e-5)
 
 
@@ -567,8 +567,8 @@ def test_written_out_gradients_are_xla_s(kernel_hw, stride, padding):
 def test_gradients_in_a_loop_are_nhwc_convolutions(stride):
   """On CPU, the gradients of `conv` inside a scan are convolutions in the NHWC/HWIO layout
   only: XLA:CPU runs other layouts inside loops on a slow generic path."""
-  loss = lambda w, x: jnp.sum(convolutions.conv(x, w, stride, 'SAME',
-                                                convolutions.ConvAlgorithms()) ** 2)
+  loss = lambda w, x: jnp.sum(kernels.conv(x, w, stride, 'SAME',
+                                                kernels.KernelChoices()) ** 2)
 
   def two_steps(w, x):
     def step(w, _):
@@ -592,9 +592,9 @@ def test_kernel_gradient_by_patches_over_chunks(images_per_chunk):
   dy = jax.random.normal(jax.random.key(2), conv(kernel).shape)
   (expected,) = jax.vjp(conv, kernel)[1](dy)
   patch_bytes = dy.shape[1] * dy.shape[2] * 4 * 4 * 5 * 4
-  assert convolutions.images_per_chunk(6, patch_bytes, images_per_chunk * patch_bytes) == (
+  assert cpu_kernels.images_per_chunk(6, patch_bytes, images_per_chunk * patch_bytes) == (
       images_per_chunk)
-  grad = convolutions.kernel_gradient_by_patches(x, dy, (4, 4), 2, padding,
+  grad = cpu_kernels.kernel_gradient_by_patches(x, dy, (4, 4), 2, padding,
                                                  chunk_bytes=images_per_chunk * patch_bytes)
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
@@ -607,7 +607,7 @@ def test_kernel_gradient_by_patches_sums_bfloat16_in_float32():
   conv = lambda k: jax.lax.conv_general_dilated(x.astype(jnp.float32), k, (1, 1), padding,
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   (expected,) = jax.vjp(conv, jnp.zeros((3, 3, 16, 8)))[1](dy.astype(jnp.float32))
-  grad = convolutions.kernel_gradient_by_patches(x, dy, (3, 3), 1, padding, chunk_bytes=1)
+  grad = cpu_kernels.kernel_gradient_by_patches(x, dy, (3, 3), 1, padding, chunk_bytes=1)
   assert grad.dtype == jnp.float32
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
@@ -615,39 +615,59 @@ def test_kernel_gradient_by_patches_sums_bfloat16_in_float32():
 @pytest.mark.parametrize('batch,budget_images,expected', [(300, 6.8, 6), (300, 1000, 300),
                                                           (7, 3, 1), (12, 0.5, 1), (100, 54, 50)])
 def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images, expected):
-  assert convolutions.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
+  assert cpu_kernels.images_per_chunk(batch, 1000, int(budget_images * 1000)) == expected
 
 
-@pytest.mark.parametrize('backend,xla_flags,patches', [
-    ('cpu', '', True),  # jaxlib's default: YNNPACK convolutions
-    ('cpu', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS, False),  # ssgan_jax's default
-    ('gpu', '', False), ('tpu', '', False)])
-def test_auto_gradient_algorithms_by_backend(backend, xla_flags, patches, monkeypatch):
-  """'auto' kernel gradients are patches where YNNPACK convolves on CPU; 'auto' strided
-  input gradients skip the zeros on CPU, by phase from PHASE_MIN_FEATURES channels.
-  Named algorithms hold everywhere."""
-  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  monkeypatch.setenv('XLA_FLAGS', xla_flags)
-  assert convolutions.ConvAlgorithms().patch_kernel_gradient() == patches
-  assert convolutions.ConvAlgorithms(kernel_gradient='patches').patch_kernel_gradient()
-  assert not convolutions.ConvAlgorithms(kernel_gradient='xla').patch_kernel_gradient()
+@pytest.mark.parametrize('backend,ynnpack,expected', [
+    ('cpu', True, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'patches', 'bits')),
+    ('cpu', False, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'xla', 'bits')),
+    ('gpu', False, ('dilated', 'dilated', 'xla', 'bernoulli')),
+    ('tpu', False, ('dilated', 'dilated', 'xla', 'bernoulli'))])
+def test_auto_resolves_to_xla_s_own_algorithms_off_cpu(backend, ynnpack, expected):
+  """'auto' is XLA's own everywhere but CPU; there strided input gradients and transposed
+  convolutions skip the zeros, by phase from PHASE_MIN_FEATURES channels, kernel gradients
+  come from patches where YNNPACK convolves, dropout from bits. Named algorithms hold
+  everywhere."""
+  auto = kernels.KernelChoices().resolve(backend, ynnpack)
+  assert (auto.transpose, auto.input_gradient, auto.kernel_gradient, auto.dropout) == expected
+  assert auto.backend == backend and auto.resolve(backend) == auto
+  assert auto.patch_kernel_gradient() == ynnpack
   on_cpu = backend == 'cpu'
-  wide, narrow = convolutions.PHASE_MIN_FEATURES, convolutions.PHASE_MIN_FEATURES - 1
-  auto = convolutions.ConvAlgorithms()
+  assert auto.bits_dropout() == on_cpu
+  wide, narrow = kernels.PHASE_MIN_FEATURES, kernels.PHASE_MIN_FEATURES - 1
   assert auto.input_gradient_algorithm(wide) == ('phases' if on_cpu else 'dilated')
   assert auto.input_gradient_algorithm(narrow) == ('subpixel' if on_cpu else 'dilated')
+  assert auto.transpose_algorithm(wide) == ('phases' if on_cpu else 'dilated')
+  assert auto.transpose_algorithm(narrow) == ('subpixel' if on_cpu else 'dilated')
+  named = lambda **choice: kernels.KernelChoices(**choice).resolve(backend, ynnpack)
+  assert named(kernel_gradient='patches').patch_kernel_gradient()
+  assert not named(kernel_gradient='xla').patch_kernel_gradient()
+  assert named(dropout='bits').bits_dropout() and not named(dropout='bernoulli').bits_dropout()
   for name in ('phases', 'subpixel', 'dilated'):
     for channels in (wide, narrow):
-      assert convolutions.ConvAlgorithms(input_gradient=name).input_gradient_algorithm(
-          channels) == name
-  # Gradients written out here: on CPU always, elsewhere for another algorithm than XLA's.
-  assert convolutions.ConvAlgorithms().own_gradients(1) == on_cpu
-  assert convolutions.ConvAlgorithms().own_gradients(2) == on_cpu
-  assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(2)
-  assert convolutions.ConvAlgorithms(input_gradient='subpixel').own_gradients(1) == on_cpu
-  assert convolutions.ConvAlgorithms(input_gradient='phases').own_gradients(2)
-  assert convolutions.ConvAlgorithms(input_gradient='dilated').own_gradients(2) == on_cpu
-  assert convolutions.ConvAlgorithms(kernel_gradient='patches').own_gradients(1)
+      assert named(input_gradient=name).input_gradient_algorithm(channels) == name
+      assert named(transpose=name).transpose_algorithm(channels) == name
+  # Gradients written out in cpu_kernels: on CPU always, elsewhere for another algorithm
+  # than XLA's.
+  assert auto.own_gradients(1) == on_cpu and auto.own_gradients(2) == on_cpu
+  assert named(input_gradient='subpixel').own_gradients(2)
+  assert named(input_gradient='subpixel').own_gradients(1) == on_cpu
+  assert named(input_gradient='phases').own_gradients(2)
+  assert named(input_gradient='dilated').own_gradients(2) == on_cpu
+  assert named(kernel_gradient='patches').own_gradients(1)
+
+
+def test_unresolved_choices_resolve_for_jax_s_default_backend(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert kernels.KernelChoices().transpose_algorithm(256) == 'dilated'
+  assert not kernels.KernelChoices().bits_dropout()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  assert kernels.KernelChoices().transpose_algorithm(256) == 'phases'
+  assert kernels.KernelChoices().bits_dropout()
+  monkeypatch.setenv('XLA_FLAGS', '')  # jaxlib's default: YNNPACK convolutions
+  assert kernels.KernelChoices().patch_kernel_gradient()
+  monkeypatch.setenv('XLA_FLAGS', xla_cpu.EIGEN_CONVOLUTIONS_AND_DOTS)
+  assert not kernels.KernelChoices().patch_kernel_gradient()
 
 
 @pytest.mark.parametrize('algorithms', [dict(kernel_gradient='patches', input_gradient='dilated'),
@@ -672,9 +692,9 @@ def test_gradient_algorithms_give_xla_s_model_gradients(algorithms, monkeypatch)
       logits, features = d.apply({**d_variables, 'params': d_params}, images)
       return jnp.vdot(logits, logits_cotangent) + jnp.vdot(features, features_cotangent)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(d_variables['params'], images)
-  chosen = gradients(convolutions.ConvAlgorithms(**algorithms))
-  monkeypatch.setattr(convolutions.ConvAlgorithms, 'own_gradients', lambda self, stride: False)
-  xla_s = gradients(convolutions.ConvAlgorithms())
+  chosen = gradients(kernels.KernelChoices(**algorithms))
+  monkeypatch.setattr(kernels.KernelChoices, 'own_gradients', lambda self, stride: False)
+  xla_s = gradients(kernels.KernelChoices())
   for ours, xla in zip(jax.tree.leaves(chosen), jax.tree.leaves(xla_s)):
     assert np.max(np.abs(xla)) > 0
     np.testing.assert_allclose(ours, xla, rtol=1e-4, atol=1e-5 * np.max(np.abs(xla)))
@@ -685,7 +705,7 @@ def test_generator_algorithms_give_the_same_images(algorithm):
   """G's images with each transposed-convolution algorithm are those of the default."""
   _, variables, z, apply = generator('conv_small')
   chosen = models.MODEL_FAMILIES['conv_small'].generator(
-      IMAGE_SHAPE['conv_small'], None, convolutions.ConvAlgorithms(transpose=algorithm))
+      IMAGE_SHAPE['conv_small'], None, kernels.KernelChoices(transpose=algorithm))
   images, _ = apply(variables, z)
   chosen_images, _ = jax.jit(functools.partial(chosen.apply, mutable=['batch_stats']))(
       variables, z)
@@ -695,11 +715,11 @@ def test_generator_algorithms_give_the_same_images(algorithm):
 def test_auto_transpose_algorithm_by_width():
   """'auto' convolves phase by phase from PHASE_MIN_FEATURES output features, all phases
   side by side below; named algorithms hold for every width."""
-  auto = convolutions.ConvAlgorithms()
-  assert auto.transpose_algorithm(convolutions.PHASE_MIN_FEATURES) == 'phases'
+  auto = kernels.KernelChoices()
+  assert auto.transpose_algorithm(kernels.PHASE_MIN_FEATURES) == 'phases'
   assert auto.transpose_algorithm(256) == 'phases'
-  assert auto.transpose_algorithm(convolutions.PHASE_MIN_FEATURES - 1) == 'subpixel'
+  assert auto.transpose_algorithm(kernels.PHASE_MIN_FEATURES - 1) == 'subpixel'
   assert auto.transpose_algorithm(3) == 'subpixel'
   for name in ('phases', 'subpixel', 'dilated'):
-    assert convolutions.ConvAlgorithms(transpose=name).transpose_algorithm(3) == name
-    assert convolutions.ConvAlgorithms(transpose=name).transpose_algorithm(256) == name
+    assert kernels.KernelChoices(transpose=name).transpose_algorithm(3) == name
+    assert kernels.KernelChoices(transpose=name).transpose_algorithm(256) == name

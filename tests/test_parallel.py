@@ -109,7 +109,18 @@ def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32()
     (dict(conv_transpose='fft'), '--conv_transpose=fft: allowed: auto, phases, subpixel, dilated'),
     (dict(conv_input_gradient='fft'), '--conv_input_gradient=fft: allowed: auto, phases, subpixel, dilated'),
     (dict(conv_kernel_gradient='fft'), '--conv_kernel_gradient=fft: allowed: auto, patches, xla'),
+    (dict(dropout_sampler='fast'), '--dropout_sampler=fast: allowed: auto, bits, bernoulli'),
+    (dict(matmul_precision='tf32'), '--matmul_precision=tf32: allowed: default, high, highest'),
 ])
 def test_bad_speed_settings_are_named(changes, message):
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(Config(**changes))
+
+
+def test_a_run_computes_at_its_matmul_precision_and_leaves_the_process_s(monkeypatch):
+  seen = []
+  monkeypatch.setattr(train, '_train_and_evaluate',
+                      lambda *args: seen.append(jax.config.jax_default_matmul_precision))
+  before = jax.config.jax_default_matmul_precision
+  train.train_and_evaluate(Config(matmul_precision='highest'), 'unused')
+  assert seen == ['highest'] and jax.config.jax_default_matmul_precision == before

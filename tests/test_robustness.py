@@ -268,6 +268,31 @@ def test_bad_launch_settings(launch, expected):
   assert expected in str(e.value)
 
 
+@pytest.mark.parametrize('launch,expected', [
+    ((None, None, None), (None, None, None)),  # all detected
+    (('10.0.0.1:1234', None, None), ('10.0.0.1:1234', None, None)),
+    ((None, 8, 3), (None, 8, 3)),
+])
+def test_distributed_auto_leaves_to_jax_what_is_not_given(launch, expected, monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: calls.append(args))
+  multihost.check_launch(*launch, distributed='auto')
+  multihost.initialize(*launch, distributed='auto')
+  multihost.initialize('localhost:1', 1, 0)  # explicit, one process: nothing to join
+  assert calls == [expected]
+
+
+@pytest.mark.parametrize('launch,expected', [
+    ((None, 0, None, 'auto'), '--num_processes=0: must be >= 1'),
+    (('localhost', None, None, 'auto'), '--coordinator_address=localhost: must be host:port'),
+    ((None, 1, 0, 'slurm'), '--distributed=slurm: allowed: explicit, auto'),
+])
+def test_bad_distributed_launch_settings(launch, expected):
+  with pytest.raises(ConfigError) as e:
+    multihost.check_launch(*launch)
+  assert expected in str(e.value)
+
+
 @pytest.mark.parametrize('changes,expected', [
     ({'seed': -1}, '--seed=-1: must be >= 0'),
     ({'unsup_weight': float('nan')}, '--unsup_weight=nan: must be a finite number'),

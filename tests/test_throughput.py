@@ -115,3 +115,35 @@ def test_rates_are_compared_with_the_matmul_of_their_dtype():
   assert ('- conv_small batch 100 (compute_dtype=bfloat16): 25.0 % of the measured bfloat16 '
           'matmul rate' in table)
   assert '| conv_small | 100 | eager | 0.25 | 0.80x | 0.1 | 50.0 % |' in table
+
+
+@pytest.mark.parametrize('kind,dtype,precision,expected', [
+    ('NVIDIA H200', 'float32', 'default', ('tf32', 495e12)),
+    ('NVIDIA H200', 'float32', 'high', ('tf32', 495e12)),
+    ('NVIDIA H200', 'float32', 'highest', ('fp32', 67e12)),
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 'highest', ('bf16', 989e12)),
+    ('TPU v5 lite', 'float32', 'default', ('bf16', 197e12)),
+    ('TPU v5 lite', 'float32', 'high', ('bf16_3x', 197e12 / 3)),
+    ('TPU v5 lite', 'float32', 'highest', ('bf16_6x', 197e12 / 6)),
+])
+def test_fraction_of_peak_uses_the_rate_of_the_precision_that_ran(kind, dtype, precision,
+                                                                  expected):
+  from benchmarks import peaks
+  name, flops = peaks.peak_for(kind).rate(dtype, precision)
+  assert name == expected[0] and flops == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize('precision,tf32', [('default', True), ('high', True),
+                                            ('highest', False)])
+def test_torch_reference_runs_at_jax_s_precision_on_cuda(precision, tf32):
+  torch = pytest.importorskip('torch')
+  from benchmarks.torch_reference.train import match_jax_precision
+  saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+  try:
+    assert match_jax_precision(precision, 'cpu') == {}
+    record = match_jax_precision(precision, 'cuda')
+    assert record == {'torch_matmul_tf32': tf32, 'torch_cudnn_tf32': tf32}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32,
+                                                                                          tf32)
+  finally:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

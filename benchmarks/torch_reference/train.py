@@ -24,6 +24,18 @@ from ssgan_jax.config import Config, ConfigError
 INIT_BATCH_SIZE = 500
 
 
+def match_jax_precision(matmul_precision: str, device: str) -> dict:
+  """Puts torch's float32 matmuls and cuDNN convolutions on CUDA at the precision of JAX's
+  `matmul_precision`: TF32 at 'default' and 'high' (as XLA runs them on TF32 GPUs), full
+  float32 at 'highest'. Process-wide torch settings, returned for the record."""
+  if device != 'cuda':
+    return {}
+  tf32 = matmul_precision != 'highest'
+  torch.backends.cuda.matmul.allow_tf32 = tf32
+  torch.backends.cudnn.allow_tf32 = tf32
+  return {'torch_matmul_tf32': tf32, 'torch_cudnn_tf32': tf32}
+
+
 class Adam(torch.optim.Optimizer):
   """Adam with epsilon inside the square root: p -= lr(t) * m_hat / sqrt(v_hat + eps_root).
 

@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import convolutions
+from ssgan_jax import cpu_kernels, kernels
 
 
 def best_time(fn, *args, calls=9):
@@ -33,10 +33,10 @@ for batch, size, channels, features in [(100, 16, 128, 3), (100, 16, 128, 8), (1
   cotangent = jax.random.normal(key, (batch, 2 * size, 2 * size, features))
   row = []
   for algorithm in ('phases', 'subpixel'):
-    algorithms = convolutions.ConvAlgorithms(transpose=algorithm)
-    forward = jax.jit(lambda x, k, a=algorithms: convolutions.conv_transpose_same(x, k, 2, a))
+    algorithms = kernels.KernelChoices(transpose=algorithm)
+    forward = jax.jit(lambda x, k, a=algorithms: kernels.conv_transpose_same(x, k, 2, a))
     gradients = jax.jit(jax.grad(lambda x, k, a=algorithms: jnp.vdot(
-        convolutions.conv_transpose_same(x, k, 2, a), cotangent), argnums=(0, 1)))
+        kernels.conv_transpose_same(x, k, 2, a), cotangent), argnums=(0, 1)))
     row.append(f'{algorithm}: forward {best_time(forward, x, kernel) * 1e3:6.1f} ms, '
                f'with gradients {best_time(gradients, x, kernel) * 1e3:6.1f} ms')
   print(f'transposed {size}x{size}x{channels} -> {features:3d} | ' + ' | '.join(row))
@@ -48,8 +48,8 @@ for batch, size, width in [(300, 32, 16), (300, 32, 32), (300, 32, 64), (300, 16
   kernel = jax.random.normal(key, (3, 3, width, width))
   row = []
   for algorithm in ('phases', 'subpixel'):
-    algorithms = convolutions.ConvAlgorithms(input_gradient=algorithm)
-    fn = jax.jit(lambda dy, k, a=algorithms: convolutions.input_gradient(
+    algorithms = kernels.KernelChoices(input_gradient=algorithm)
+    fn = jax.jit(lambda dy, k, a=algorithms: cpu_kernels.input_gradient(
         dy, k, (size, size), 2, padding, a))
     row.append(f'{algorithm} {best_time(fn, dy, kernel) * 1e3:6.1f} ms')
   print(f'input gradient {size}x{size}x{width:3d} | ' + ' | '.join(row))

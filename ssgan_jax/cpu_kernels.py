@@ -1,88 +1,47 @@
-"""How the convolutions of the 32x32 models are computed: the same functions, other algorithms.
+"""Hand-written algorithms measured faster on this project's CPU: defaults only there.
 
-The choices, all measured in benchmarks/RESULTS.md:
+`kernels.KernelChoices` picks them by flag on any backend; its 'auto' picks them on CPU only
+(XLA's own algorithms elsewhere). All measured in benchmarks/RESULTS.md:
 - Transposed convolutions (G) and the input gradients of strided convolutions (D) are both
   convolutions over an input with stride - 1 zeros between its pixels
-  (`dilated_input_conv`), computed by one of: 'dilated' (XLA's own: that convolution, zeros
-  included), 'phases' (one stride-1 convolution per output phase, with that phase's taps
-  only, then depth to space) or 'subpixel' (one stride-1 convolution of all phases side by
-  side, each zero-filled to a common window). With 'auto' it is 'phases' for layers of at
-  least PHASE_MIN_FEATURES output features and 'subpixel' for narrower ones: for transposed
-  convolutions on every backend, for input gradients on CPU ('dilated' elsewhere).
-- Kernel gradients of every convolution: 'xla' (XLA's own) or 'patches' (image patches times
-  output gradients, a batch chunk at a time); 'auto' is 'patches' where XLA:CPU runs
-  convolutions with YNNPACK (see xla_cpu.py) and 'xla' elsewhere.
-
-On CPU, and wherever an algorithm other than XLA's is chosen, `conv`'s gradients come from
-this module, written as convolutions in the NHWC/HWIO layout, XLA's own algorithms included.
-JAX's gradient rules give XLA convolutions in other layouts (the kernel gradient with the
-batch as its contracted feature, the input gradient with the kernel's features swapped).
-XLA:CPU converts those to NHWC for its Eigen kernels outside loops only; inside a loop (a
-scan of several train steps) it runs them through a generic path, the kernel gradients
-hundreds of times slower (jax-ml/jax#12868; benchmarks/RESULTS.md, section 14).
+  (`dilated_input_conv`): 'phases' computes one stride-1 convolution per output phase, with
+  that phase's taps only, then depth to space; 'subpixel' one stride-1 convolution of all
+  phases side by side, each zero-filled to a common window. On CPU 'phases' was faster for
+  layers of at least PHASE_MIN_FEATURES features, 'subpixel' for narrower ones.
+- Kernel gradients by 'patches' (image patches times output gradients, a batch chunk at a
+  time), faster where XLA:CPU runs convolutions with YNNPACK (see xla_cpu.py).
+- `conv_with_own_gradients`: a convolution whose gradients are written out here as
+  convolutions in the NHWC/HWIO layout, XLA's own algorithms included. JAX's gradient rules
+  give XLA convolutions in other layouts (the kernel gradient with the batch as its
+  contracted feature, the input gradient with the kernel's features swapped). XLA:CPU
+  converts those to NHWC for its Eigen kernels outside loops only; inside a loop (a scan of
+  several train steps) it runs them through a generic path, the kernel gradients hundreds of
+  times slower (jax-ml/jax#12868; benchmarks/RESULTS.md, section 14).
+- `bernoulli_mask`: dropout masks from a few random bits per element (section 12).
 """
-import dataclasses
+from __future__ import annotations  # kernels imports this module and is imported here
+
 import functools
+import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import xla_cpu
+from ssgan_jax import kernels  # for `kernels.conv`, at call time
 
-CONV_TRANSPOSE_ALGORITHMS = ('auto', 'phases', 'subpixel', 'dilated')
-INPUT_GRADIENTS = ('auto', 'phases', 'subpixel', 'dilated')
-KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches
 # while they are multiplied, large enough to make that matmul efficient.
 PATCH_CHUNK_BYTES = 32 * 2**20
-# From this many output features up, one convolution per phase ('phases') was faster on CPU
-# than all phases side by side ('subpixel'); narrower phases' convolutions run too far below
-# the matrix units' rate, and the side-by-side one was faster despite its zero taps. At 32
-# the two traded places from run to run (benchmarks/RESULTS.md section 15).
-PHASE_MIN_FEATURES = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvAlgorithms:
-  """The algorithms a model's convolutions use (see the module docstring)."""
-  transpose: str = 'auto'
-  input_gradient: str = 'auto'
-  kernel_gradient: str = 'auto'
-
-  def transpose_algorithm(self, features: int) -> str:
-    """The algorithm of a transposed convolution with `features` outputs ('auto' resolved)."""
-    return _skipping_zeros(features) if self.transpose == 'auto' else self.transpose
-
-  def input_gradient_algorithm(self, channels: int) -> str:
-    """The algorithm of a strided convolution's input gradient, `channels` wide ('auto':
-    skipping the zeros on CPU)."""
-    if self.input_gradient == 'auto':
-      return _skipping_zeros(channels) if jax.default_backend() == 'cpu' else 'dilated'
-    return self.input_gradient
-
-  def patch_kernel_gradient(self) -> bool:
-    """Whether kernel gradients come from patches ('auto': on JAX's default backend)."""
-    if self.kernel_gradient == 'auto':
-      return jax.default_backend() == 'cpu' and xla_cpu.ynnpack_convolutions()
-    return self.kernel_gradient == 'patches'
-
-  def own_gradients(self, stride: int) -> bool:
-    """Whether `conv` computes its gradients here (see the module docstring)."""
-    return (jax.default_backend() == 'cpu' or self.patch_kernel_gradient()
-            or (stride > 1 and self.input_gradient in ('phases', 'subpixel')))
-
-
-def _skipping_zeros(features: int) -> str:
-  return 'phases' if features >= PHASE_MIN_FEATURES else 'subpixel'
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride: int, padding: Padding):
+def xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride: int, padding: Padding):
   return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_RxSxCxF, (stride, stride), padding,
-                                      dimension_numbers=_NHWC)
+                                      dimension_numbers=NHWC)
 
 
 def images_per_chunk(batch: int, bytes_per_image: int, budget: int = PATCH_CHUNK_BYTES) -> int:
@@ -93,7 +52,7 @@ def images_per_chunk(batch: int, bytes_per_image: int, budget: int = PATCH_CHUNK
 
 def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: int,
                                padding: Padding, chunk_bytes: int = PATCH_CHUNK_BYTES):
-  """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+  """The kernel gradient of `xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
   g[i, j, c, f] = sum over images and output pixels (p, q) of
   x_padded[stride * p + i, stride * q + j, c] * dy[p, q, f]. For each chunk of images the
@@ -126,8 +85,8 @@ def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int]
 
 
 def input_gradient(dy_BxPxQxF, kernel_RxSxCxF, input_hw: tuple[int, int], stride: int,
-                   padding: Padding, algorithms: ConvAlgorithms):
-  """The input gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+                   padding: Padding, algorithms: kernels.KernelChoices):
+  """The input gradient of `xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
   XLA's algorithm in the NHWC/HWIO layout: dy with stride - 1 zeros between its pixels,
   convolved with the kernel turned 180 degrees, its in and out features swapped, by the
@@ -147,7 +106,7 @@ def input_gradient(dy_BxPxQxF, kernel_RxSxCxF, input_hw: tuple[int, int], stride
 
 def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: int,
                     padding: Padding):
-  """The kernel gradient of `_xla_conv(x, kernel, stride, padding)` for output gradient dy.
+  """The kernel gradient of `xla_conv(x, kernel, stride, padding)` for output gradient dy.
 
   XLA's algorithm in the NHWC/HWIO layout: the images' features act as the batch and the
   batch as the contracted feature, the input (C, H, W, B) convolved with dy (P, Q, B, F) as
@@ -160,17 +119,18 @@ def kernel_gradient(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: i
     pads.append((before, (out - 1) * stride + kernel - size - before))
   grad_CxRxSxF = jax.lax.conv_general_dilated(
       x_BxHxWxC.transpose(3, 1, 2, 0), dy_BxPxQxF.transpose(1, 2, 0, 3), (1, 1), pads,
-      rhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+      rhs_dilation=(stride, stride), dimension_numbers=NHWC)
   return grad_CxRxSxF.transpose(1, 2, 0, 3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms):
-  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
+def conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms):
+  """`xla_conv`, with its input and kernel gradients computed here as `algorithms` says."""
+  return xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
 
 
 def _conv_forward(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms):
-  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding), (x_BxHxWxC, kernel_RxSxCxF)
+  return xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding), (x_BxHxWxC, kernel_RxSxCxF)
 
 
 def _conv_backward(stride, padding, algorithms, residuals, dy_BxPxQxF):
@@ -185,23 +145,7 @@ def _conv_backward(stride, padding, algorithms, residuals, dy_BxPxQxF):
   return dx_BxHxWxC, dkernel.astype(kernel_RxSxCxF.dtype)
 
 
-_conv_with_own_gradients.defvjp(_conv_forward, _conv_backward)
-
-
-def conv(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int, padding,
-         algorithms: ConvAlgorithms) -> jax.Array:
-  """`lax.conv_general_dilated` of NHWC images with an HWIO kernel.
-
-  `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value is XLA's; the
-  input and kernel gradients are computed as `algorithms` says.
-  """
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], kernel_RxSxCxF.shape[:2],
-                                      (stride, stride), padding)
-  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if algorithms.own_gradients(stride):
-    return _conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding, algorithms)
-  return _xla_conv(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
+conv_with_own_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 Phase = tuple[int, int, int]      # along one axis: first tap, number of taps, first offset
@@ -236,7 +180,7 @@ def _phase_kernel(kernel_RxSxCxF, stride: int, phase_pair: tuple[Phase, Phase],
 
 
 def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
-                       algorithm: str, algorithms: ConvAlgorithms) -> jax.Array:
+                       algorithm: str, algorithms: kernels.KernelChoices) -> jax.Array:
   """`lax.conv_general_dilated(y, kernel, 1, padding, lhs_dilation=stride)` in NHWC/HWIO.
 
   The convolution over y with stride - 1 zeros between its pixels, which a transposed
@@ -246,11 +190,11 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
   to space puts the phases' pixels in place. 'phases' runs one convolution per phase with
   its own taps (a 3x3 kernel at stride 2: 1x1, 1x2, 2x1 and 2x2); 'subpixel' one
   convolution of all phases side by side, each zero-filled to the common window (2x2 each:
-  16 taps for 9). Their convolutions' gradients are `conv`'s, as `algorithms` says.
+  16 taps for 9). Their convolutions' gradients are `kernels.conv`'s, as `algorithms` says.
   """
   if algorithm == 'dilated':
     return jax.lax.conv_general_dilated(y_BxPxQxC, kernel_RxSxCxF, (1, 1), padding,
-                                        lhs_dilation=(stride, stride), dimension_numbers=_NHWC)
+                                        lhs_dilation=(stride, stride), dimension_numbers=NHWC)
   batch, *in_hw, _ = y_BxPxQxC.shape
   features = kernel_RxSxCxF.shape[-1]
   out_hw = [(size - 1) * stride + before + after - kernel + 2
@@ -268,7 +212,7 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
     sub_RxSxCxSSF = jnp.concatenate(
         [_phase_kernel(kernel_RxSxCxF, stride, (r, s), windows)
          for r in phases_r for s in phases_s], axis=-1)
-    z_BxNxMxSSF = conv(y_BxPxQxC, sub_RxSxCxSSF, 1, reading(windows), algorithms)
+    z_BxNxMxSSF = kernels.conv(y_BxPxQxC, sub_RxSxCxSSF, 1, reading(windows), algorithms)
     z_BxNxSxMxSxF = z_BxNxMxSSF.reshape(batch, *rows_hw, stride, stride, features).transpose(
         0, 1, 3, 2, 4, 5)
   else:
@@ -276,8 +220,8 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
       if any(taps == 0 for _, taps, _ in pair):
         return jnp.zeros((batch, *rows_hw, features), jnp.result_type(y_BxPxQxC, kernel_RxSxCxF))
       windows = tuple((offset, offset + taps - 1) for _, taps, offset in pair)
-      return conv(y_BxPxQxC, _phase_kernel(kernel_RxSxCxF, stride, pair, windows), 1,
-                  reading(windows), algorithms)
+      return kernels.conv(y_BxPxQxC, _phase_kernel(kernel_RxSxCxF, stride, pair, windows), 1,
+                          reading(windows), algorithms)
     # Stacked straight into depth-to-space order: one pass over the output.
     z_BxNxSxMxSxF = jnp.stack([jnp.stack([phase_output((r, s)) for s in phases_s], axis=3)
                                for r in phases_r], axis=2)
@@ -286,17 +230,37 @@ def dilated_input_conv(y_BxPxQxC, kernel_RxSxCxF, stride: int, padding: Padding,
 
 
 def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int,
-                        algorithms: ConvAlgorithms) -> jax.Array:
-  """`lax.conv_transpose(x, kernel, (stride, stride), 'SAME')`, Flax ConvTranspose's function.
+                        algorithm: str, algorithms: kernels.KernelChoices) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (stride, stride), 'SAME')` by `algorithm` (see
+  `dilated_input_conv`).
 
   That is a convolution over x with stride - 1 zeros between its pixels and lax's 'SAME'
-  padding, computed by `dilated_input_conv` with the algorithm `algorithms` chooses for the
-  layer's width. XLA:CPU runs the dilated form and its kernel gradient through a slow path
+  padding. XLA:CPU runs the dilated form and its kernel gradient through a slow path
   (benchmarks/RESULTS.md, sections 7 and 15).
   """
   padding = []
   for kernel in kernel_RxSxCxF.shape[:2]:
     before = kernel - 1 if stride > kernel - 1 else -(-(kernel + stride - 2) // 2)
     padding.append((before, kernel + stride - 2 - before))
-  return dilated_input_conv(x_BxHxWxC, kernel_RxSxCxF, stride, tuple(padding),
-                            algorithms.transpose_algorithm(kernel_RxSxCxF.shape[-1]), algorithms)
+  return dilated_input_conv(x_BxHxWxC, kernel_RxSxCxF, stride, tuple(padding), algorithm,
+                            algorithms)
+
+
+def bernoulli_mask(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
+  """Booleans of `shape`, each True with probability p, independently.
+
+  `jax.random.bernoulli` spends a 32-bit random word on each element; on CPU drawing those
+  words took about 9 % of the SVHN train step (benchmarks/RESULTS.md section 12). Where p
+  (a Python float) is a multiple of 2^-b for some b <= 8
+  (dropout's keep probability 0.5: b = 1), each element here takes b bits of a word instead,
+  exactly as likely to be True; other p fall back to `jax.random.bernoulli`.
+  """
+  bits = next((b for b in range(1, 9) if (p * 2**b).is_integer()), None)
+  if bits is None:
+    return jax.random.bernoulli(key, p, shape)
+  per_word = 32 // bits
+  size = math.prod(shape)
+  words_W = jax.random.bits(key, (-(-size // per_word),), jnp.uint32)
+  shifts = jnp.arange(per_word, dtype=jnp.uint32) * bits
+  fields_WxP = (words_W[:, None] >> shifts) & (2**bits - 1)
+  return (fields_WxP.reshape(-1)[:size] < int(p * 2**bits)).reshape(shape)
