@@ -254,16 +254,19 @@ def check_download_reachable(builder: 'tfds.core.DatasetBuilder') -> None:
   requests.head(next(iter(type(builder).url_infos or {}), _TFDS_GCS_URL), timeout=10)
 
 
+def read_train_test(config: Config, info: DatasetInfo) -> tuple[np.ndarray, ...]:
+  """(train images, train labels, test images, test labels): --train_split and --test_split,
+  fitted to info.image_shape as they are read."""
+  if config.dataset in embedded_datasets.DATASETS:
+    return (*load_split(config, 'train'), *load_split(config, 'test'))
+  prepare(config)
+  return (*load_split(config, config.train_split, info.image_shape),
+          *load_split(config, config.test_split, info.image_shape))
+
+
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
   """Loads train and test and splits train into validation, labeled and unlabeled."""
-  if config.dataset not in embedded_datasets.DATASETS:
-    prepare(config)
-  if config.dataset in embedded_datasets.DATASETS:
-    splits = [load_split(config, split) for split in ('train', 'test')]
-  else:
-    splits = [load_split(config, split, info.image_shape)
-              for split in (config.train_split, config.test_split)]
-  return split_arrays(config, info, *splits[0], *splits[1])
+  return split_arrays(config, info, *read_train_test(config, info))
 
 
 def split_arrays(config: Config, info: DatasetInfo, train_images: np.ndarray,

@@ -32,7 +32,7 @@ from ssgan_jax.convolutions import ConvAlgorithms
 _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _DENSE_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 # Stage widths and strides of ResNet-18 (two basic blocks each).
-_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 # Output sizes the generator makes: its first feature map's side and how many times it doubles.
 GENERATOR_LAYOUTS = {32: (4, 3), 64: (4, 4), 128: (4, 5), 224: (7, 5)}
 _GEN_MAX_WIDTH = 512
@@ -137,7 +137,7 @@ class ResNet18Discriminator(nn.Module):
     x = nn.relu(GroupBatchNorm(axis_name=self.axis_name, dtype=self.dtype)(
         x, group_size, stats_groups))
     x = nn.max_pool(x, (3, 3), (2, 2), _padding(1))
-    for features, stride in _STAGES:
+    for features, stride in STAGES:
       for block in range(2):
         x = BasicBlock(features, stride if block == 0 else 1, self.algorithms, self.axis_name,
                        self.dtype)(x, group_size, stats_groups)
@@ -157,6 +157,11 @@ def _dense_bias_init(fan_in: int):
                                                                   bound)
 
 
+def generator_widths(doublings: int) -> list[int]:
+  """Widths of the generator's first map and of each doubled map before the output layer."""
+  return [min(_GEN_MAX_WIDTH, 64 * 2**k) for k in reversed(range(doublings))]
+
+
 class DcganGenerator(nn.Module):
   """z -> SxSxW (dense), doubled by 5x5 stride-2 transposed convolutions with batch norm and
   ReLU, -> HxWxC (tanh), with S and the number of doublings from `GENERATOR_LAYOUTS[H]`.
@@ -173,7 +178,7 @@ class DcganGenerator(nn.Module):
   @nn.compact
   def __call__(self, z_BxZ):
     start, doublings = GENERATOR_LAYOUTS[self.image_shape[0]]
-    widths = [min(_GEN_MAX_WIDTH, 64 * 2**k) for k in reversed(range(doublings))]
+    widths = generator_widths(doublings)
     norm_relu = lambda x: nn.relu(nn.BatchNorm(
         use_running_average=False, axis_name=self.axis_name, dtype=self.dtype)(x))
     h = nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype,
