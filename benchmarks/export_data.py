@@ -18,9 +18,8 @@ from ssgan_jax.config import Config, ConfigError
 def read_splits(config: Config) -> dict:
   """The dataset's train and test splits and class count, read from TFDS."""
   info = input_pipeline.dataset_info(config)
-  input_pipeline.prepare(config)
-  train_images, train_labels = input_pipeline.load_split(config, 'train')
-  test_images, test_labels = input_pipeline.load_split(config, 'test')
+  train_images, train_labels, test_images, test_labels = input_pipeline.read_train_test(
+      config, info)
   return {'dataset': config.dataset, 'num_classes': info.num_classes,
           'train_images': train_images, 'train_labels': train_labels,
           'test_images': test_images, 'test_labels': test_labels}

@@ -5,7 +5,7 @@ from typing import Optional
 
 from ssgan_jax import kernels, losses
 
-MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points')
+MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points', 'resnet18')
 MODES = ('ssl', 'supervised')
 PARALLEL_MODES = ('pmap', 'shard_map')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -41,7 +41,7 @@ class Config:
   """Everything a run depends on. Library code reads this, never global flags."""
   dataset: str = _field('mnist', 'TFDS dataset with image and label features (mnist, svhn_cropped, cifar10, ...), or an embedded one: rings, digits.')
   data_dir: Optional[str] = _field(None, "TFDS data_dir; default is TFDS's own (which downloads).")
-  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192), mlp_points (2-D points: rings).')
+  model: str = _field('mlp', 'Model family: mlp (MNIST), conv_small (SVHN, widths 64/128), conv_large (CIFAR-10, 96/192), mlp_points (2-D points: rings), resnet18 (the ResNet-18 D of torchvision with batch norm and a DCGAN G; 32, 64, 128 or 224 px RGB).')
   mode: str = _field('ssl', 'ssl: semi-supervised GAN; supervised: the same D on the labeled images alone.')
   unsup_loss: str = _field('salimans', 'Discriminator head and unsupervised loss: salimans, kplus1 or two_head.')
   gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')
@@ -56,6 +56,9 @@ class Config:
                                   'e.g. 100; 0 = off.')
   minibatch_kernel_dim: int = _field(5, 'Dimension of each minibatch discrimination kernel.')
   minibatch_group_size: int = _field(0, 'Examples each minibatch discrimination feature compares, in training and evaluation on any device count (divides the per-device batch); 0: the per-device batch of the first run, saved with the checkpoint.')
+  train_split: str = _field('train', "TFDS split string the run trains on (validation and labeled images are carved from it), e.g. 'train[:80%]'.")
+  test_split: str = _field('test', "TFDS split string of the final test, e.g. 'train[80%:]' for a dataset without a test split.")
+  image_size: Optional[int] = _field(None, "Side in pixels the images are resized to (antialiased, once, when read); default: the dataset's own size.")
   num_labeled: int = _field(100, 'Labeled training images, class-balanced (a multiple of the class count).')
   label_seed: int = _field(0, 'Seed that chooses the labeled subset.')
   label_selection: str = _field('random', 'Labeled subset: random (class-balanced) or representative (per class, the images nearest k-means centroids in PCA space).')
@@ -142,6 +145,8 @@ def validate(config: Config) -> None:
                'historical_averaging', 'minibatch_kernels', 'sample_every'):
     _check_at_least(config, name, 0)
   _check_at_least(config, 'minibatch_kernel_dim', 1)
+  if config.image_size is not None:
+    _check_at_least(config, 'image_size', 1)
   if config.num_steps >= 2**31:  # the step counter is int32
     raise ConfigError('num_steps', config.num_steps, f'must be < {2**31}')
   for field in dataclasses.fields(config):

@@ -17,6 +17,7 @@ import requests
 
 # Lazy, so that the train step and the benchmarks import without TensorFlow.
 with epy.lazy_imports():
+  import tensorflow as tf
   import tensorflow_datasets as tfds
 
 from ssgan_jax import embedded_datasets
@@ -34,14 +35,24 @@ _TFDS_GCS_URL = 'https://storage.googleapis.com/tfds-data/'
 class DatasetInfo:
   """What the run needs to know about a dataset before loading it."""
   num_classes: int
-  image_shape: tuple[int, int, int]
+  image_shape: tuple  # what the model sees: (H, W, C) after resizing, or a vector's (D,)
   train_size: Optional[int]  # None where TFDS does not know it before preparing
+  class_names: tuple[str, ...] = ()  # from the label's ClassLabel; () where it has none
 
 
 def dataset_info(config: Config) -> DatasetInfo:
-  """Reads a dataset's metadata and checks the config against it; raises ConfigError."""
+  """Reads a dataset's metadata and checks the config against it; raises ConfigError.
+
+  Decodes no data: splits, sizes and shapes come from TFDS's metadata.
+  """
   embedded = embedded_datasets.DATASETS.get(config.dataset)
   if embedded is not None:
+    for flag, default in (('train_split', 'train'), ('test_split', 'test'),
+                          ('image_size', None)):
+      if getattr(config, flag) != default:
+        raise ConfigError(flag, getattr(config, flag),
+                          f'the embedded dataset {config.dataset} has fixed splits and '
+                          f'sizes; leave --{flag} at its default')
     info = DatasetInfo(embedded.num_classes, embedded.example_shape, embedded.train_size)
     check_against_dataset(config, info)
     return info
@@ -63,12 +74,68 @@ def dataset_info(config: Config) -> DatasetInfo:
     raise ConfigError('dataset', config.dataset, "needs 'image' and 'label' features, has "
                       + ', '.join(sorted(features.keys())))
   splits = builder.info.splits
+  sizes = {flag: split_size(config, splits, flag) for flag in ('train_split', 'test_split')}
   info = DatasetInfo(
       num_classes=features['label'].num_classes,
-      image_shape=tuple(features['image'].shape),
-      train_size=splits['train'].num_examples if 'train' in splits else None)
+      image_shape=model_image_shape(config, tuple(features['image'].shape)),
+      train_size=sizes['train_split'], class_names=tuple(features['label'].names))
   check_against_dataset(config, info)
+  if all(size is not None for size in sizes.values()):
+    check_memory(config, info, sizes['train_split'] + sizes['test_split'])
   return info
+
+
+def split_size(config: Config, splits, flag: str) -> Optional[int]:
+  """Examples in the TFDS split string `--flag`; None where the metadata has no splits yet
+  (TFDS fills them in when it prepares the dataset). Raises ConfigError for a split string
+  TFDS rejects or a split the dataset lacks."""
+  split = getattr(config, flag)
+  if not splits:
+    return None
+  try:
+    return splits[split].num_examples
+  except (KeyError, ValueError, AssertionError) as e:
+    have = ', '.join(f'{name} ({info.num_examples})' for name, info in splits.items())
+    reason = (str(e).strip().splitlines() or [''])[0][:120]
+    raise ConfigError(flag, split, f'{config.dataset} has the splits {have} ({reason}); set '
+                      f"--{flag} to one of them or a slice, e.g. 'train[80%:]'") from None
+
+
+def model_image_shape(config: Config, stored_shape: tuple) -> tuple:
+  """The (H, W, C) images are resized and converted to when read: --image_size square, or
+  the stored size; the model family's channels, or the stored ones. Vectors stay as stored."""
+  if len(stored_shape) != 3:
+    return stored_shape
+  family = MODEL_FAMILIES[config.model]
+  height, width, channels = stored_shape
+  if config.image_size is not None:
+    height = width = config.image_size
+  elif height is None or width is None:
+    raise ConfigError('image_size', None, f'{config.dataset} has images of varying sizes; '
+                      'set the side they are resized to, e.g. --image_size=64')
+  channels = family.channels or channels
+  if channels is None:
+    raise ConfigError('model', config.model, f'{config.dataset} has images with varying '
+                      'channels and this model takes any count; use --model=resnet18 (RGB)')
+  return (height, width, channels)
+
+
+# Host arrays of the train split: the decoded split, then its validation, labeled and
+# unlabeled copies (together about as large again); the test split once.
+_TRAIN_COPIES = 2
+
+
+def check_memory(config: Config, info: DatasetInfo, num_images: int) -> None:
+  """Refuses, naming --image_size, a run whose decoded images would not fit in host memory."""
+  image_bytes = int(np.prod(info.image_shape))
+  needed = (_TRAIN_COPIES * info.train_size + (num_images - info.train_size)) * image_bytes
+  available = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  if needed > available:
+    shape = 'x'.join(map(str, info.image_shape))
+    raise ConfigError('image_size', config.image_size,
+                      f'{num_images} decoded {shape} images and their copies take '
+                      f'{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of '
+                      'memory available; use a smaller --image_size')
 
 
 def check_against_dataset(config: Config, info: DatasetInfo) -> None:
@@ -86,11 +153,15 @@ def check_against_dataset(config: Config, info: DatasetInfo) -> None:
                if (family.pixel_range is None) == is_vector]
     raise ConfigError('model', config.model, f'{config.dataset} holds '
                       f'{"vectors" if is_vector else "images"}; use --model={"|".join(fitting)}')
-  supported = MODEL_FAMILIES[config.model].supported_shape
-  if supported is not None and info.image_shape[:2] != supported:
-    raise ConfigError('model', config.model, f'makes {supported[0]}x{supported[1]} images; '
-                      f'{config.dataset} has {info.image_shape[0]}x{info.image_shape[1]}; '
-                      'use --model=mlp')
+  supported = MODEL_FAMILIES[config.model].supported_sizes
+  height, width = info.image_shape[:2]
+  if supported is not None and not (height == width and height in supported):
+    sides = ', '.join(map(str, supported))
+    if config.image_size is not None:
+      raise ConfigError('image_size', config.image_size,
+                        f'the {config.model} generator makes {sides} px images')
+    raise ConfigError('model', config.model, f'makes {sides} px images; {config.dataset} has '
+                      f'{height}x{width}; set --image_size to one of them or use --model=mlp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +176,37 @@ class SemiSupervisedData:
   test_labels: np.ndarray
 
 
-def load_split(config: Config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """A whole split as (uint8 images, or float32 vectors, and int32 labels)."""
+def load_split(config: Config, split: str,
+               image_shape: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split as (uint8 images, or float32 vectors, and int32 labels).
+
+  TFDS images are resized (antialiased) and converted to `image_shape`'s channels as they
+  are read, where they differ from it.
+  """
   embedded = embedded_datasets.DATASETS.get(config.dataset)
   if embedded is not None:
     return embedded.make()[split]
+  dataset = tfds.load(config.dataset, split=split, data_dir=config.data_dir)
+  if image_shape is not None:
+    dataset = dataset.map(functools.partial(_fit_image, image_shape=image_shape),
+                          num_parallel_calls=tf.data.AUTOTUNE)
   # Chunks rather than batch_size=-1, which needs the split size in the metadata.
-  chunks = list(tfds.as_numpy(tfds.load(config.dataset, split=split, data_dir=config.data_dir,
-                                        batch_size=_READ_CHUNK)))
+  chunks = list(tfds.as_numpy(dataset.batch(_READ_CHUNK)))
   return (np.concatenate([c['image'] for c in chunks]).astype(np.uint8),
           np.concatenate([c['label'] for c in chunks]).astype(np.int32))
+
+
+def _fit_image(example: dict, image_shape: tuple) -> dict:
+  """The example with its image resized to image_shape's H x W (antialiased bilinear) and
+  grayscale made RGB where the model takes RGB; untouched where it already fits."""
+  image = example['image']
+  height, width, channels = image_shape
+  if image.shape[-1] == 1 and channels == 3:
+    image = tf.image.grayscale_to_rgb(image)
+  if tuple(image.shape[:2]) != (height, width):
+    resized = tf.image.resize(image, (height, width), antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+  return {'image': tf.ensure_shape(image, image_shape), 'label': example['label']}
 
 
 def split_train(labels: np.ndarray, num_classes: int, num_labeled: int, num_validation: int,
@@ -168,11 +260,19 @@ def check_download_reachable(builder: 'tfds.core.DatasetBuilder') -> None:
   requests.head(next(iter(type(builder).url_infos or {}), _TFDS_GCS_URL), timeout=10)
 
 
+def read_train_test(config: Config, info: DatasetInfo) -> tuple[np.ndarray, ...]:
+  """(train images, train labels, test images, test labels): --train_split and --test_split,
+  fitted to info.image_shape as they are read."""
+  if config.dataset in embedded_datasets.DATASETS:
+    return (*load_split(config, 'train'), *load_split(config, 'test'))
+  prepare(config)
+  return (*load_split(config, config.train_split, info.image_shape),
+          *load_split(config, config.test_split, info.image_shape))
+
+
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
   """Loads train and test and splits train into validation, labeled and unlabeled."""
-  if config.dataset not in embedded_datasets.DATASETS:
-    prepare(config)
-  return split_arrays(config, info, *load_split(config, 'train'), *load_split(config, 'test'))
+  return split_arrays(config, info, *read_train_test(config, info))
 
 
 def split_arrays(config: Config, info: DatasetInfo, train_images: np.ndarray,

@@ -15,13 +15,14 @@ g is trained only in the output layers; elsewhere it stays at its initial value.
 """
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import kernels
+from ssgan_jax import kernels, resnet
 from ssgan_jax.kernels import KernelChoices
 
 # Kernel initialisers of the reference code: N(0, 0.1) in the MNIST discriminator, lasagne's
@@ -86,6 +87,12 @@ class Dense(nn.Module):
     return x @ unit_columns(self.param('kernel', self.kernel_init, (x.shape[-1], self.features)))
 
 
+def _in_dtype(dtype, x, kernel):
+  """(x, kernel) in `dtype` (None: the kernel in x's dtype)."""
+  dtype = dtype or x.dtype
+  return x.astype(dtype), kernel.astype(dtype)
+
+
 class Conv(nn.Module):
   """Bias-free square convolution: `nn.Conv`'s function, kernel and parameter name, computed
   by `algorithms` (see `kernels.conv`); with `unit_norm`, the kernel v acts as
@@ -96,11 +103,14 @@ class Conv(nn.Module):
   padding: str
   algorithms: KernelChoices
   unit_norm: bool = False
+  kernel_init: Callable = _CONV_V_INIT
+  dtype: Optional[Any] = None  # the dtype inputs and kernel compute in; None: the input's
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', _CONV_V_INIT,
+    kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    x, kernel = _in_dtype(self.dtype, x, kernel)
     return kernels.conv(x, unit_columns(kernel) if self.unit_norm else kernel,
                              self.stride, self.padding, self.algorithms)
 
@@ -115,11 +125,13 @@ class ConvTranspose(nn.Module):
   algorithms: KernelChoices
   kernel_init: Callable = _CONV_V_INIT
   unit_norm: bool = False
+  dtype: Optional[Any] = None  # the dtype inputs and kernel compute in; None: the input's
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    x, kernel = _in_dtype(self.dtype, x, kernel)
     return kernels.conv_transpose_same(
         x, unit_columns(kernel) if self.unit_norm else kernel, self.stride, self.algorithms)
 
@@ -361,7 +373,10 @@ class ModelFamily:
   # image shape, device axis[, convolution algorithms] -> G
   generator: Callable[..., nn.Module]
   pixel_range: Optional[tuple[float, float]]
-  supported_shape: Optional[tuple[int, int]]           # (H, W) the generator can make
+  supported_sizes: Optional[tuple[int, ...]]  # square sides the generator can make; None: any
+  channels: Optional[int] = None              # channels D takes; None: the dataset's own
+  # D has batch norm: its running averages live in the 'batch_stats' collection.
+  disc_batch_norm: bool = False
 
   def scale_pixels(self, images_uint8):
     """uint8 pixels [0, 255] -> floats in `pixel_range` (vectors: unchanged, as float32)."""
@@ -375,26 +390,34 @@ MODEL_FAMILIES = {
     'mlp': ModelFamily(
         discriminator=lambda n, _=None: MlpDiscriminator(n),
         generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), axis_name=axis),
-        pixel_range=(0.0, 1.0), supported_shape=None),
+        pixel_range=(0.0, 1.0), supported_sizes=None),
     'conv_small': ModelFamily(
         discriminator=lambda n, algorithms=KernelChoices(): ConvDiscriminator(
             n, widths=(64, 128), algorithms=algorithms),
         generator=lambda shape, axis, algorithms=KernelChoices(): ConvGenerator(
             tuple(shape), algorithms, axis),
-        pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
+        pixel_range=(-1.0, 1.0), supported_sizes=(32,)),
     'conv_large': ModelFamily(
         discriminator=lambda n, algorithms=KernelChoices(): ConvDiscriminator(
             n, widths=(96, 192), algorithms=algorithms),
         generator=lambda shape, axis, algorithms=KernelChoices(): ConvGenerator(
             tuple(shape), algorithms, axis),
-        pixel_range=(-1.0, 1.0), supported_shape=(32, 32)),
+        pixel_range=(-1.0, 1.0), supported_sizes=(32,)),
     # Small MLPs for 2-D toy data (the rings demo); G's output is linear.
     'mlp_points': ModelFamily(
         discriminator=lambda n, _=None: MlpDiscriminator(n, hidden=(100, 100, 100), input_noise=0.05,
                                                  hidden_noise=0.3),
         generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), hidden=(100, 100),
                                                    axis_name=axis, output_activation=lambda x: x),
-        pixel_range=None, supported_shape=None),
+        pixel_range=None, supported_sizes=None),
+    # The PyTorch seed's cats-vs-dogs models (see ssgan_jax.resnet), on RGB images.
+    'resnet18': ModelFamily(
+        discriminator=lambda n, algorithms=KernelChoices(): resnet.ResNet18Discriminator(
+            n, algorithms),
+        generator=lambda shape, axis, algorithms=KernelChoices(): resnet.DcganGenerator(
+            tuple(shape), algorithms, axis),
+        pixel_range=(-1.0, 1.0), supported_sizes=tuple(resnet.GENERATOR_LAYOUTS), channels=3,
+        disc_batch_norm=True),
 }
 
 LATENT_DIM = 100

@@ -39,7 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 class TrainState:
   step: jax.Array
   disc_params: Any
-  disc_constants: Any      # D's untrained weight-norm scales
+  disc_constants: Any      # D's untrained variables: weight-norm scales, batch-norm averages
   disc_opt_state: Any
   disc_ema: optax.EmaState
   gen_params: Any          # G's fields are None in supervised mode
@@ -166,6 +166,19 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   config, disc, head = setup.config, setup.disc, setup.head
   mean = (lambda x: x) if axis_name is None else functools.partial(jax.lax.pmean,
                                                                       axis_name=axis_name)
+  batch_norm = setup.family.disc_batch_norm
+  if batch_norm:
+    disc = disc.clone(axis_name=axis_name)
+
+  def disc_apply(variables, *args, **kwargs):
+    """D's (outputs, features) and its updated batch-norm averages ({} without batch norm).
+
+    With batch norm, D normalises with batch statistics in both players' steps, as the seed
+    runs it in train mode (ssgan_jax.resnet explains the per-group statistics).
+    """
+    if not batch_norm:
+      return disc.apply(variables, *args, **kwargs), {}
+    return disc.apply(variables, *args, mutable=['batch_stats'], **kwargs)
   step_key = jax.random.fold_in(jax.random.key(config.seed), state.step)
   x_lab = setup.family.scale_pixels(batch['labeled_images'])
   labels = batch['labels']
@@ -184,11 +197,16 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   else:
     d_inputs, d_keys = x_lab, keys(_LABELED_NOISE)
   history = config.historical_averaging > 0
+  # Minibatch features compare groups of the saved size; batch norm (ResNet-18) normalises
+  # each kind of batch (labeled, unlabeled, generated) on its own, in groups of b.
   group_size = setup.eval_group_size()
+  disc_group_size = b if batch_norm else group_size
+  # The running averages follow the real groups: labeled and, in ssl mode, unlabeled.
+  stats_groups = {'stats_groups': 2 if ssl else 1} if batch_norm else {}
 
   def disc_loss(params):
-    outputs, _ = disc.apply({'params': params, **state.disc_constants}, d_inputs, d_keys,
-                            group_size=group_size)
+    (outputs, _), updated = disc_apply({'params': params, **state.disc_constants}, d_inputs,
+                                       d_keys, group_size=disc_group_size, **stats_groups)
     sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
     metrics = {'sup_loss': sup, 'train_accuracy': jnp.mean(
         jnp.argmax(head.class_logits(outputs[:b], setup.num_classes), -1) == labels)}
@@ -202,9 +220,10 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     if history:
       total += config.historical_averaging * losses.historical_averaging(
           params, state.disc_past_mean)
-    return total, metrics
+    return total, (metrics, updated)
 
-  (d_loss, metrics), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
+  (d_loss, (metrics, updated)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+      state.disc_params)
   d_grads = mean(d_grads)
   updates, disc_opt_state = setup.optimizer.update(d_grads, state.disc_opt_state,
                                                    state.disc_params)
@@ -217,6 +236,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     state = state.replace(disc_past_mean=losses.update_past_mean(
         state.disc_past_mean, state.disc_params, step))
   state = state.replace(step=step + 1, disc_params=disc_params,
+                        disc_constants={**state.disc_constants, **updated},
                         disc_opt_state=disc_opt_state, disc_ema=disc_ema)
   if not ssl:
     return state, mean(metrics)
@@ -226,15 +246,15 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   if feature_matching:
     # Outside gen_loss: no gradient flows through the real images' pass, so none is computed.
     x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
-    _, real_features = disc.apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE),
-                                  group_size=group_size)
+    (_, real_features), _ = disc_apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE),
+                                       group_size=group_size)
   z = models.sample_latent(keys(_GEN_LATENT))
 
   def gen_loss(params):
     fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
                                     z, mutable=['batch_stats'])
-    outputs, fake_features = disc.apply(disc_variables, fake, keys(_GEN_FAKE_NOISE),
-                                        group_size=group_size)
+    (outputs, fake_features), _ = disc_apply(disc_variables, fake, keys(_GEN_FAKE_NOISE),
+                                             group_size=group_size)
     loss = 0.0
     if feature_matching:
       loss += losses.feature_matching(real_features, fake_features, config.feature_norm,

@@ -86,7 +86,8 @@ def mock_run(mock_mnist_dir):
 
 def test_mock_dataset_info(mock_run):
   assert mock_run.info == ip.DatasetInfo(num_classes=10, image_shape=(28, 28, 1),
-                                         train_size=MOCK_SIZE)
+                                         train_size=MOCK_SIZE,
+                                         class_names=tuple(map(str, range(10))))
   assert mock_run.train_images.shape == (MOCK_SIZE, 28, 28, 1)
   assert mock_run.train_images.dtype == np.uint8
   assert set(np.unique(mock_run.train_labels)) <= set(range(NUM_CLASSES))
@@ -499,7 +500,8 @@ def real_mnist(mnist_data_dir):
 
 def test_real_mnist_dataset_info(real_mnist):
   assert real_mnist.info == ip.DatasetInfo(num_classes=10, image_shape=(28, 28, 1),
-                                           train_size=60000)
+                                           train_size=60000,
+                                           class_names=tuple(map(str, range(10))))
 
 
 def test_real_mnist_split_sizes_and_balance(real_mnist):

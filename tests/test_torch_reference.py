@@ -13,8 +13,8 @@ from benchmarks.torch_reference import train as torch_train
 from ssgan_jax import input_pipeline, losses, models, train
 from ssgan_jax.config import Config
 
-SHAPES = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3)}
-BATCH = {'mlp': 16, 'conv_small': 4}
+SHAPES = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'resnet18': (64, 64, 3)}
+BATCH = {'mlp': 16, 'conv_small': 4, 'resnet18': 4}
 
 
 def to_numpy(x):
@@ -36,10 +36,12 @@ def noiseless_config(family, **changes) -> Config:
 
 @functools.lru_cache
 def jax_setup(family: str, unsup_loss: str = 'salimans') -> train.Setup:
-  """train.Setup with noise and dropout off in D."""
+  """train.Setup with noise and dropout off in D (ResNet-18 has none)."""
   config = noiseless_config(family, unsup_loss=unsup_loss)
   info = input_pipeline.DatasetInfo(num_classes=10, image_shape=SHAPES[family], train_size=None)
   setup = train.Setup.create(config, info)
+  if family == 'resnet18':
+    return setup
   num_outputs = 10 + setup.head.extra_outputs
   disc = (models.MlpDiscriminator(num_outputs, input_noise=0, hidden_noise=0)
           if family == 'mlp' else
@@ -48,7 +50,8 @@ def jax_setup(family: str, unsup_loss: str = 'salimans') -> train.Setup:
 
 
 def torch_trainer(setup: train.Setup, state: train.TrainState) -> torch_train.TorchTrainer:
-  """A TorchTrainer holding `state`'s D and G, with D's noise off (eval mode)."""
+  """A TorchTrainer holding `state`'s D and G, with D's noise off (eval mode); a batch-norm
+  D stays in train mode (batch statistics, as train_step applies it)."""
   config = setup.config
   trainer = torch_train.TorchTrainer(config, setup.num_classes, setup.image_shape,
                                      random_images(config.model, 8, seed=9))
@@ -56,7 +59,7 @@ def torch_trainer(setup: train.Setup, state: train.TrainState) -> torch_train.To
                                              **state.disc_constants})
   if state.gen_params is not None:
     convert.load_flax_variables(trainer.gen, {'params': state.gen_params})
-  trainer.disc.eval()
+  trainer.disc.train(setup.family.disc_batch_norm)
   return trainer
 
 
@@ -88,6 +91,41 @@ def test_forward_matches_flax(family):
   if torch_family.channels_first:
     torch_fake = torch_fake.permute(0, 2, 3, 1)
   assert_close(torch_fake, fake, 1e-5)
+
+
+def test_resnet_forward_matches_flax():
+  """ResNet-18 per-group batch statistics, its running averages and eval mode, and the DCGAN
+  generator, with Flax's weights."""
+  setup = jax_setup('resnet18')
+  state = train.create_train_state(setup, random_images('resnet18', 8, seed=0))
+  trainer = torch_trainer(setup, state)
+  family = torch_models.MODEL_FAMILIES['resnet18']
+  images = random_images('resnet18', 6, seed=1)
+  x = models.MODEL_FAMILIES['resnet18'].scale_pixels(images)
+  torch_x = family.images_to_input(torch.as_tensor(images))
+  (logits, features), updated = setup.disc.apply(
+      {'params': state.disc_params, **state.disc_constants}, x, group_size=3, stats_groups=1,
+      mutable=['batch_stats'])
+  torch_logits, torch_features = trainer.disc(torch_x, group_size=3, stats_groups=1)
+  assert_close(torch_logits, logits, 1e-5)
+  assert_close(torch_features, features, 1e-5)
+  # One pass over all six as one group normalises differently: the groups matter.
+  assert not np.allclose(to_numpy(trainer.disc(torch_x)[0]), logits, atol=1e-3)
+
+  eval_variables = {'params': state.disc_params, **updated}
+  expected = torch_trainer(setup, state.replace(disc_constants=updated)).disc.state_dict()
+  for name, value in trainer.disc.state_dict().items():
+    if 'running' in name:  # the grouped pass above updated them; the last pass did too
+      continue
+    assert_close(value, expected[name], 1e-6)
+  eval_disc = torch_module(family.discriminator(10, SHAPES['resnet18']), eval_variables)
+  assert_close(eval_disc(torch_x)[0], setup.disc.apply(eval_variables, x)[0], 1e-5)
+
+  z = models.sample_latent(jax.random.split(jax.random.key(3), 4))
+  fake, _ = setup.generator(None).apply(
+      {'params': state.gen_params, 'batch_stats': state.gen_batch_stats}, z,
+      mutable=['batch_stats'])
+  assert_close(trainer.gen(torch.as_tensor(np.array(z))).permute(0, 2, 3, 1), fake, 1e-5)
 
 
 @pytest.mark.parametrize('family', ['mlp', 'conv_small'])
@@ -179,7 +217,9 @@ SMOOTH_EPS_ROOT = 1.0
 @pytest.mark.parametrize('family,mode,unsup_loss,gen_loss', [
     ('mlp', 'ssl', 'salimans', 'both'), ('mlp', 'ssl', 'kplus1', 'nonsaturating'),
     ('conv_small', 'ssl', 'salimans', 'feature_matching'),
-    ('mlp', 'supervised', 'salimans', 'feature_matching')])
+    ('mlp', 'supervised', 'salimans', 'feature_matching'),
+    ('resnet18', 'ssl', 'salimans', 'nonsaturating'),
+    ('resnet18', 'supervised', 'salimans', 'feature_matching')])
 def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
   """One D step (and in ssl mode one G step) from the same state and latents gives the same
   parameters and losses."""

@@ -20,6 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ssgan_jax import models as jax_models
+from ssgan_jax import resnet as jax_resnet
 
 LATENT_DIM = jax_models.LATENT_DIM
 _MLP_V_STD = 0.1
@@ -131,15 +132,16 @@ class WNConv2d(nn.Module):
 
 
 class BatchNormBias(nn.Module):
-  """Batch norm over the batch's own statistics, with a bias and no scale (eps 1e-5)."""
+  """Batch norm over the batch's own statistics, with a bias and, with `use_scale`, a scale
+  (eps 1e-5)."""
 
-  def __init__(self, features: int):
+  def __init__(self, features: int, use_scale: bool = False):
     super().__init__()
     self.bias = nn.Parameter(torch.zeros(features))
+    self.weight = nn.Parameter(torch.ones(features)) if use_scale else None
 
   def forward(self, x):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return F.batch_norm(x, None, None, training=True, eps=1e-5) + self.bias.view(shape)
+    return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=1e-5)
 
 
 class GaussianNoise(nn.Module):
@@ -254,6 +256,111 @@ class ConvGenerator(nn.Module):
     return torch.tanh(self.output(h))
 
 
+class GroupBatchNorm2d(nn.Module):
+  """ssgan_jax.resnet.GroupBatchNorm on NCHW: in train mode each group of `group_size`
+  consecutive examples is normalised by its own statistics, and the running averages
+  (momentum 0.1, unbiased variance) follow the leading `stats_groups` groups (None: all,
+  0: none); in eval mode the running averages normalise."""
+
+  def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+    super().__init__()
+    self.momentum, self.eps = momentum, eps
+    self.weight = nn.Parameter(torch.ones(features))
+    self.bias = nn.Parameter(torch.zeros(features))
+    self.register_buffer('running_mean', torch.zeros(features))
+    self.register_buffer('running_var', torch.ones(features))
+
+  def forward(self, x_BxCxHxW, group_size=None, stats_groups=None):
+    if not self.training:
+      return F.batch_norm(x_BxCxHxW, self.running_mean, self.running_var, self.weight,
+                          self.bias, training=False, eps=self.eps)
+    b, c, h, w = x_BxCxHxW.shape
+    g = group_size or b
+    x_GxNxCxHxW = x_BxCxHxW.view(b // g, g, c, h, w)
+    mean_GxC = x_GxNxCxHxW.mean(dim=(1, 3, 4))
+    centred = x_GxNxCxHxW - mean_GxC[:, None, :, None, None]
+    var_GxC = centred.square().mean(dim=(1, 3, 4))
+    y = (centred * torch.rsqrt(var_GxC + self.eps)[:, None, :, None, None]).view(b, c, h, w)
+    if stats_groups != 0:
+      with torch.no_grad():
+        count = g * h * w
+        self.running_mean.lerp_(mean_GxC[:stats_groups].mean(0), self.momentum)
+        self.running_var.lerp_(var_GxC[:stats_groups].mean(0) * count / (count - 1),
+                               self.momentum)
+    return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class BasicBlock(nn.Module):
+  """ResNet's basic block: two 3x3 convolutions with batch norm and a shortcut."""
+
+  def __init__(self, in_channels: int, features: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_channels, features, 3, stride, 1, bias=False)
+    self.norm1 = GroupBatchNorm2d(features)
+    self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=False)
+    self.norm2 = GroupBatchNorm2d(features)
+    self.shortcut = None
+    if stride != 1 or in_channels != features:
+      self.shortcut = nn.Conv2d(in_channels, features, 1, stride, 0, bias=False)
+      self.shortcut_norm = GroupBatchNorm2d(features)
+
+  def forward(self, x, *groups):
+    h = F.relu(self.norm1(self.conv1(x), *groups))
+    h = self.norm2(self.conv2(h), *groups)
+    if self.shortcut is not None:
+      x = self.shortcut_norm(self.shortcut(x), *groups)
+    return F.relu(h + x)
+
+
+class ResNet18Discriminator(nn.Module):
+  """torchvision's ResNet-18 layout with K outputs, on NCHW images; (outputs, pooled features).
+
+  forward(x, group_size, stats_groups): see GroupBatchNorm2d.
+  """
+
+  def __init__(self, num_outputs: int, in_channels: int):
+    super().__init__()
+    self.stem = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    self.stem_norm = GroupBatchNorm2d(64)
+    blocks, width = [], 64
+    for features, stride in jax_resnet.STAGES:
+      blocks += [BasicBlock(width, features, stride), BasicBlock(features, features, 1)]
+      width = features
+    self.blocks = nn.ModuleList(blocks)
+    self.output = nn.Linear(width, num_outputs)
+
+  def forward(self, images_BxCxHxW, group_size=None, stats_groups=None):
+    groups = (group_size, stats_groups)
+    h = F.max_pool2d(F.relu(self.stem_norm(self.stem(images_BxCxHxW), *groups)), 3, 2, 1)
+    for block in self.blocks:
+      h = block(h, *groups)
+    features_BxF = h.mean(dim=(2, 3))
+    return self.output(features_BxF), features_BxF
+
+
+class DcganGenerator(nn.Module):
+  """ssgan_jax.resnet.DcganGenerator, NCHW: z -> SxSxW -> doublings (batch norm, ReLU) -> tanh."""
+
+  def __init__(self, image_shape: Sequence[int]):
+    super().__init__()
+    self.start, doublings = jax_resnet.GENERATOR_LAYOUTS[image_shape[0]]
+    self.widths = jax_resnet.generator_widths(doublings)
+    self.project = nn.Linear(LATENT_DIM, self.start**2 * self.widths[0], bias=False)
+    self.project_norm = BatchNormBias(self.start**2 * self.widths[0], use_scale=True)
+    self.upsample = nn.ParameterList(
+        nn.Parameter(0.02 * torch.randn(c_in, c_out, 5, 5))
+        for c_in, c_out in zip(self.widths, [*self.widths[1:], image_shape[-1]]))
+    self.upsample_norms = nn.ModuleList(BatchNormBias(c, use_scale=True)
+                                        for c in self.widths[1:])
+
+  def forward(self, z_BxZ):
+    h = F.relu(self.project_norm(self.project(z_BxZ)))
+    h = h.view(-1, self.start, self.start, self.widths[0]).permute(0, 3, 1, 2)
+    for weight, norm in zip(self.upsample[:-1], self.upsample_norms):
+      h = F.relu(norm(conv_transpose2d_same(h, weight, 2)))
+    return torch.tanh(conv_transpose2d_same(h, self.upsample[-1], 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
   """A discriminator/generator pair and how uint8 NHWC images become their inputs."""
@@ -261,6 +368,7 @@ class ModelFamily:
   generator: Callable[[Sequence[int]], nn.Module]           # image shape -> G
   pixel_range: tuple[float, float]
   channels_first: bool
+  disc_batch_norm: bool = False  # D takes (x, group_size, stats_groups)
 
   def images_to_input(self, images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC pixels -> floats in `pixel_range`, in the discriminator's layout."""
@@ -283,11 +391,18 @@ MODEL_FAMILIES = {
         channels_first=False),
     'conv_small': _conv_family('conv_small', (64, 128)),
     'conv_large': _conv_family('conv_large', (96, 192)),
+    'resnet18': ModelFamily(
+        discriminator=lambda n, shape: ResNet18Discriminator(n, shape[-1]),
+        generator=DcganGenerator, pixel_range=jax_models.MODEL_FAMILIES['resnet18'].pixel_range,
+        channels_first=True, disc_batch_norm=True),
 }
 
 
 def data_dependent_init(module: nn.Module, *inputs) -> None:
-  """Runs `module` once on `inputs` so its weight-normalised layers pick scales and biases."""
+  """Runs `module` once on `inputs` so its weight-normalised layers pick scales and biases
+  (a module without such layers is left as it is)."""
+  if not any(hasattr(m, 'pending_init') for m in module.modules()):
+    return
   with torch.no_grad():
     module(*inputs)
   assert not any(getattr(m, 'pending_init', False) for m in module.modules())

@@ -196,13 +196,16 @@ class TorchTrainer:
     z_disc, z_gen = ((self._latents(b), self._latents(b)) if latents is None else
                      (torch.as_tensor(np.array(z), device=self.device) for z in latents))
 
+    # D's batch norm: one group per part, running averages from the real parts (as train_step).
+    groups = ({'group_size': b, 'stats_groups': 2 if self.ssl else 1}
+              if self.family.disc_batch_norm else {})
     if self.ssl:
       with torch.no_grad():
         fake = self._gen_fn(z_disc)
       d_inputs = torch.cat([x_lab, self._to_input(batch['unlabeled_images']), fake])
     else:
       d_inputs = x_lab
-    outputs, _ = self._disc_fn(d_inputs)
+    outputs, _ = self._disc_fn(d_inputs, **groups)
     sup = losses.supervised_cross_entropy(head.supervised_logits(outputs[:b]), labels)
     metrics = {'sup_loss': sup, 'train_accuracy': (
         outputs[:b, :self.num_classes].argmax(-1) == labels).float().mean()}
@@ -222,10 +225,13 @@ class TorchTrainer:
       return {k: v.detach() for k, v in metrics.items()}
 
     feature_matching = config.gen_loss in ('feature_matching', 'both')
+    # G's step leaves D's running averages as they are (train_step drops them).
+    groups = {'stats_groups': 0} if self.family.disc_batch_norm else {}
     if feature_matching:
       with torch.no_grad():  # G's gradient does not flow through the real images' pass
-        _, real_features = self._disc_fn(self._to_input(batch['unlabeled_images_gen']))
-    outputs, fake_features = self._disc_fn(self._gen_fn(z_gen))
+        _, real_features = self._disc_fn(self._to_input(batch['unlabeled_images_gen']),
+                                         **groups)
+    outputs, fake_features = self._disc_fn(self._gen_fn(z_gen), **groups)
     g_loss = 0.0
     if feature_matching:
       g_loss = g_loss + losses.feature_matching(real_features, fake_features,
