@@ -368,6 +368,7 @@ def train_and_evaluate(config: Config, workdir: str,
   info = input_pipeline.dataset_info(config) if data is None else data[0]
   checkpointer = checkpointing.Checkpointer(workdir, config)
   checkpointer.check_compatible(config)
+  checkpointing.write_dataset_info(workdir, info)
   setup = Setup.create(config, info)
   # Restored before the data are read, so that an unreadable checkpoint is reported at once.
   restored = None
