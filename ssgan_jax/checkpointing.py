@@ -7,6 +7,7 @@ be read is reported, never replaced.
 """
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -17,23 +18,36 @@ import orbax.checkpoint as ocp
 
 from ssgan_jax.config import Config, ConfigError, check_schedule_kept, incompatible_fields
 
+DATASET_INFO_FILE = 'dataset_info.json'
+
 
 class Checkpointer:
   """Saves and restores `workdir/checkpoints/<step>/{state,config}`."""
 
-  def __init__(self, workdir: str, config: Config):
+  def __init__(self, workdir: str, config: Config, read_only: bool = False):
+    """`read_only`: for reading a run (evaluate, predict), which works on a workdir that
+    cannot be written."""
     self.workdir = workdir
-    check_writable(workdir)
+    if not read_only:
+      check_writable(workdir)
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-            create=False),  # the first save makes it: a refused run leaves no empty folder
+            create=False, read_only=read_only),  # the first save makes it: a refused run leaves no empty folder
         item_names=('state', 'config'))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_config(self, step: int) -> dict:
+    """The config saved with the checkpoint at `step`, as a dict."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
 
   def _unreadable(self, step: int, error: Exception) -> ConfigError:
     reason = (str(error).strip().splitlines() or [''])[0][:200]
@@ -49,9 +63,8 @@ class Checkpointer:
     if step is None:
       return None
     try:
-      saved = self.manager.restore(step, args=ocp.args.Composite(
-          config=ocp.args.JsonRestore()))['config']
-      dict(saved)
+      saved = self.restore_config(step)
+      differing = incompatible_fields(saved, config)
     except Exception as e:  # Orbax and JSON raise many kinds; all mean unreadable.
       raise self._unreadable(step, e) from None
     return saved
@@ -126,6 +139,26 @@ def _quiet_unfinished_reads():
   except Exception:
     sys.unraisablehook = _dropping_closed_loop_errors(sys.unraisablehook)
     raise
+
+
+def write_dataset_info(workdir: str, info: Any) -> None:
+  """Saves the DatasetInfo dataclass `info` (all its fields) as workdir/dataset_info.json, so
+  that a run can be used without its dataset (process 0 writes it; atomic)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, DATASET_INFO_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(dataclasses.asdict(info), f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def read_dataset_info(workdir: str) -> Optional[dict]:
+  """The fields write_dataset_info saved (lists as tuples), or None for a workdir without them."""
+  path = os.path.join(workdir, DATASET_INFO_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
 
 
 def check_writable(workdir: str) -> None:

@@ -1,6 +1,7 @@
 """The run configuration: one frozen dataclass, validated before any expensive work."""
 import dataclasses
 import math
+import os
 from typing import Optional
 
 from ssgan_jax import kernels, losses
@@ -69,13 +70,11 @@ class Config:
   # Speed: how the train step runs (only compute_dtype changes more than float rounding).
   parallel: str = _field('pmap', 'Data-parallel backend: pmap, or shard_map (the same per-device step over a 1-D device mesh).')
   compute_dtype: str = _field('float32', 'Compute dtype of D and G: float32, or bfloat16 (parameters and optimizer stay float32).')
-  matmul_precision: str = _field('default', "Precision of float32 matmuls and convolutions, JAX's names (jax.default_matmul_precision): default (the backend's fastest: TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs), high (TF32, or 3 bfloat16 passes), highest (full float32).")
-  conv_transpose: str = _field('auto', "How G's transposed convolutions are computed (the same function): dilated (XLA's own: lax.conv_transpose), phases (a stride-1 convolution per output phase with that phase's taps, then depth to space), subpixel (one stride-1 convolution of all phases side by side, zero-filled to a common window), or auto (on CPU phases for layers of "
-                              f"{kernels.PHASE_MIN_FEATURES} or more output features and subpixel below; dilated elsewhere).")
-  conv_input_gradient: str = _field('auto', "How strided convolutions' input gradients are computed (the same values): dilated (XLA's own, a convolution over the output gradient with zeros between its pixels), phases (a stride-1 convolution of the output gradient per input phase with that phase's taps, then depth to space), subpixel (one stride-1 convolution of all phases side by side, zero-filled to a common window), or auto (on CPU phases for layers of "
-                                   f"{kernels.PHASE_MIN_FEATURES} or more input channels and subpixel below; dilated elsewhere).")
-  conv_kernel_gradient: str = _field('auto', "How the convolutions' kernel gradients are computed (the same values): patches (image patches times output gradients, a chunk of the batch at a time), xla (XLA's own), or auto (patches where XLA:CPU runs convolutions with YNNPACK, which the entry points turn off unless XLA_FLAGS chooses; xla elsewhere).")
-  dropout_sampler: str = _field('auto', "How dropout masks are drawn (the same distribution, other random numbers): bernoulli (jax.random.bernoulli, a 32-bit word per element), bits (a few bits of a word per element, for keep probabilities that are multiples of 1/256), or auto (bits on CPU, bernoulli elsewhere).")
+  matmul_precision: str = _field('default', "Precision of float32 matmuls and convolutions (JAX's names): default (the backend's fastest: TF32 on recent NVIDIA GPUs), high or highest (full float32).")
+  conv_transpose: str = _field('auto', "G's transposed convolutions: phases, subpixel, dilated (lax.conv_transpose) or auto (same values; see docs/flags.md).")
+  conv_input_gradient: str = _field('auto', "Strided convolutions' input gradients: dilated (XLA's own), phases, subpixel or auto (same values; see docs/flags.md).")
+  conv_kernel_gradient: str = _field('auto', "Convolutions' kernel gradients: patches, xla (XLA's own) or auto (same values; see docs/flags.md).")
+  dropout_sampler: str = _field('auto', 'How dropout masks are drawn: bernoulli (jax.random.bernoulli), bits (a few bits per element) or auto (bits on CPU; same distribution).')
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
@@ -231,3 +230,24 @@ def incompatible_fields(saved: dict, config: Config) -> list[str]:
   return sorted(name for name in current
                 if name not in RESUMABLE_FIELDS
                 and saved.get(name, defaults[name]) != current[name])
+
+
+
+# Intervals longer than the run shrink to num_steps // divisor (at least 1).
+_INTERVAL_DIVISORS = {'log_every': 20, 'eval_every': 5, 'checkpoint_every': 2, 'sample_every': 4}
+
+
+def resolve(config: Config) -> tuple[Config, list[str]]:
+  """The config an entry point trains with, and a note per change: --data_dir made absolute
+  (a workdir is then usable from any directory), and logging, evaluation, checkpoint and
+  sample intervals longer than --num_steps shrunk so that a short run still shows progress."""
+  changes, notes = {}, []
+  if config.data_dir is not None and not os.path.isabs(config.data_dir):
+    changes['data_dir'] = os.path.abspath(config.data_dir)
+  for name, divisor in _INTERVAL_DIVISORS.items():
+    value = getattr(config, name)
+    if config.num_steps and value > config.num_steps:
+      changes[name] = max(1, config.num_steps // divisor)
+      notes.append(f'--{name}={value} is longer than --num_steps={config.num_steps}; '
+                   f'using {changes[name]}')
+  return config.replace(**changes), notes

@@ -9,11 +9,8 @@ draws both decision boundaries side by side in <workdir>/decision_boundaries.png
 import json
 import os
 
-from absl import app, flags, logging
-
+from ssgan_jax import cli
 from ssgan_jax import config as config_lib
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
 
 MODES = (('supervised', 'supervised-only'), ('ssl', 'semi-supervised GAN'))
 
@@ -36,27 +33,18 @@ def run_demo(config: config_lib.Config, workdir: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS.workdir:
-    ssgan_main.fail('--workdir is required')
-  config = ssgan_main.config_from_flags()
-  workdir = flags.FLAGS.workdir
-  logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
+  workdir = cli.require_workdir(argv)
   try:
-    config_lib.validate(config)
+    config = cli.resolved_config()
     summaries = run_demo(config, workdir)
   except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
+    cli.fail(str(e))
   labels = f'{config.num_labeled} labels'
   for mode, title in MODES:
     print(f'{title:>20} ({labels}): test accuracy {100 * summaries[mode]["test_accuracy"]:.1f} %'
           f'  [{os.path.join(workdir, mode)}]')
-  logging.info('Done: %s', summaries)
   print(json.dumps({mode: summaries[mode]['test_accuracy'] for mode, _ in MODES}), flush=True)
 
 
 if __name__ == '__main__':
-  ssgan_main.define_flags()
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  cli.run(main, __doc__)

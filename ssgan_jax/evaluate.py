@@ -2,31 +2,30 @@
 
   python -m ssgan_jax.evaluate --workdir=/tmp/mnist100 [--step=N] [--data_dir=...]
 
-Prints the results and writes <workdir>/evaluation/step_<N>.json and confusion_step_<N>.png.
+Prints the results and writes <workdir>/evaluation/step_<N>.json and confusion_step_<N>.png
+(or, where the workdir cannot be written, says so and writes nothing).
 """
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 from sklearn import metrics
 
+from ssgan_jax import cli
 from ssgan_jax import config as config_lib
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
 
 FLAGS = flags.FLAGS
 
 
-def define_checkpoint_flags() -> None:
-  """--workdir, --step and --data_dir, for the commands that read a run's checkpoint."""
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run (required).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
+def define_flags() -> None:
+  cli.define_checkpoint_flags()
   flags.DEFINE_string('data_dir', None, "TFDS data_dir; default: the run's own.")
 
 
 def evaluate(workdir: str, step=None, data_dir=None) -> dict:
-  """Accuracy (EMA and raw), per-class accuracy and confusion matrix (EMA) on the test split."""
+  """Accuracy (EMA and raw), per-class accuracy and confusion matrix (EMA) on the test split;
+  saved in workdir/evaluation where it can be written."""
   from ssgan_jax import input_pipeline, plots, trained  # Heavy: after flag checks.
   run = trained.load(workdir, step, data_dir)
   images, labels = input_pipeline.load_split(run.config, 'test')
@@ -35,54 +34,58 @@ def evaluate(workdir: str, step=None, data_dir=None) -> dict:
   confusion = metrics.confusion_matrix(labels, predictions['ema'],
                                        labels=range(run.info.num_classes))
   result = {
-      'workdir': workdir, 'step': run.step, 'dataset': run.config.dataset,
+      'workdir': os.path.abspath(workdir), 'step': run.step, 'dataset': run.config.dataset,
       'num_test': len(labels),
+      'class_names': [run.class_name(k) for k in range(run.info.num_classes)],
       **{f'test_accuracy_{which}': float(np.mean(p == labels)) for which, p in predictions.items()},
       'per_class_accuracy_ema': (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist(),
       'confusion_matrix_ema': confusion.tolist(),
   }
   out_dir = os.path.join(workdir, 'evaluation')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f'step_{run.step}.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'step_{run.step}.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+  except OSError as e:
+    logging.warning('Not saved: %s cannot be written (%s).', out_dir, e.strerror)
+    return result
   title = (f'{run.config.dataset}, step {run.step}: test accuracy '
            f'{100 * result["test_accuracy_ema"]:.2f} % (EMA)')
   plots.save_png(plots.confusion_picture(confusion, title),
                  os.path.join(out_dir, f'confusion_step_{run.step}.png'))
+  result['saved_in'] = out_dir
   return result
 
 
 def report(result: dict) -> str:
   """The result as text: accuracies, per-class accuracy and the confusion matrix."""
   confusion = np.asarray(result['confusion_matrix_ema'])
+  names = result['class_names']
   width = max(5, len(str(confusion.max())) + 1)
   lines = [f"{result['dataset']}, step {result['step']}, {result['num_test']} test examples",
            f"test accuracy: {100 * result['test_accuracy_ema']:.2f} % (EMA), "
            f"{100 * result['test_accuracy_raw']:.2f} % (raw)",
            'per-class accuracy (EMA): ' + ', '.join(
-               f'{k}: {100 * a:.1f} %' for k, a in enumerate(result['per_class_accuracy_ema'])),
+               f'{name}: {100 * a:.1f} %' for name, a in zip(names, result['per_class_accuracy_ema'])),
            'confusion matrix (EMA; rows true, columns predicted):',
            'true\\pred'.rjust(9) + ''.join(str(k).rjust(width) for k in range(len(confusion)))]
   lines += [str(k).rjust(9) + ''.join(str(n).rjust(width) for n in row)
             for k, row in enumerate(confusion)]
+  if any(name != f'class {k}' for k, name in enumerate(names)):
+    lines.append('classes: ' + ', '.join(f'{k} {name}' for k, name in enumerate(names)))
+  if 'saved_in' in result:
+    lines.append(f"saved: {result['saved_in']}/")
   return '\n'.join(lines)
 
 
 def main(argv: list[str]) -> None:
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.workdir:
-    ssgan_main.fail('--workdir is required')
-  logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
+  workdir = cli.require_workdir(argv)
   try:
-    result = evaluate(FLAGS.workdir, FLAGS.step, FLAGS.data_dir)
+    result = evaluate(workdir, FLAGS.step, FLAGS.data_dir)
   except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
-  print(report(result))
-  print(f"saved: {os.path.join(FLAGS.workdir, 'evaluation')}/", flush=True)
+    cli.fail(str(e))
+  print(report(result), flush=True)
 
 
 if __name__ == '__main__':
-  define_checkpoint_flags()
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  cli.run(main, __doc__, define_flags)

@@ -1,18 +1,16 @@
-"""Class and probability for image files, from a run's checkpoint.
+"""Class and probability for image files, from a run's checkpoint (the dataset is not needed).
 
   python -m ssgan_jax.predict --workdir=/tmp/mnist100 digit.png other.png
 
 Images must have the size and channels of the dataset the run trained on (e.g. 28x28
 grayscale for MNIST); anything else stops with one line naming the file, and exit code 2.
 """
-from absl import app, flags, logging
+from absl import flags
 import numpy as np
 from PIL import Image
 
+from ssgan_jax import cli
 from ssgan_jax import config as config_lib
-from ssgan_jax import evaluate
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
 
 FLAGS = flags.FLAGS
 _MODES = {1: 'L', 3: 'RGB'}  # PIL image mode for each channel count
@@ -40,33 +38,29 @@ def read_image(path: str, shape: tuple) -> np.ndarray:
 
 
 def predictions(run, paths: list[str]) -> list[str]:
-  """'path<TAB>class k<TAB>probability p' per file; ImageError if any file does not fit."""
+  """'path<TAB>class<TAB>probability p' per file; ImageError if any file does not fit."""
   images = np.stack([read_image(path, run.info.image_shape) for path in paths])
   probabilities = run.class_probabilities(images, run.config.eval_params)
-  return [f'{path}\tclass {int(p.argmax())}\tprobability {p.max():.4f}'
+  return [f'{path}\t{run.class_name(int(p.argmax()))}\tprobability {p.max():.4f}'
           for path, p in zip(paths, probabilities)]
 
 
 def main(argv: list[str]) -> None:
-  xla_cpu.apply_entry_point_choice()
   paths = argv[1:]
-  if not FLAGS.workdir:
-    ssgan_main.fail('--workdir is required')
+  workdir = cli.require_workdir(argv, allow_arguments=True)
   if not paths:
-    ssgan_main.fail('no image files given; usage: predict --workdir=DIR IMAGE...')
-  logging.get_absl_handler().addFilter(ssgan_main._QuietOrbax())  # pylint: disable=protected-access
+    cli.fail('no image files given; usage: predict --workdir=DIR IMAGE...')
   from ssgan_jax import trained  # Heavy: after argument checks.
   try:
-    run = trained.load(FLAGS.workdir, FLAGS.step, FLAGS.data_dir)
+    run = trained.load(workdir, FLAGS.step)
     if len(run.info.image_shape) != 3:
-      raise config_lib.ConfigError('workdir', FLAGS.workdir,
+      raise config_lib.ConfigError('workdir', workdir,
                                    f'holds a model of {run.config.dataset}, which is not images')
     lines = predictions(run, paths)
   except (config_lib.ConfigError, ImageError) as e:
-    ssgan_main.fail(str(e))
+    cli.fail(str(e))
   print('\n'.join(lines), flush=True)
 
 
 if __name__ == '__main__':
-  evaluate.define_checkpoint_flags()
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  cli.run(main, __doc__, cli.define_checkpoint_flags)

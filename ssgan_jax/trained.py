@@ -1,12 +1,14 @@
-"""A run restored from its workdir (config, model, state) for evaluation, prediction and pictures."""
+"""A run restored from its workdir (config, model, state) for evaluation, prediction and pictures.
+
+It needs neither the dataset nor a writable workdir: the dataset's shape and class names are
+saved beside the checkpoints, and the state is restored as a resumed run restores it.
+"""
 import dataclasses
 import os
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from ssgan_jax import checkpointing, input_pipeline, train
 from ssgan_jax.config import Config, ConfigError
@@ -23,6 +25,11 @@ class Trained:
   @property
   def config(self) -> Config:
     return self.setup.config
+
+  def class_name(self, k: int) -> str:
+    """The dataset's name for class k where it has names, else 'class k'."""
+    names = getattr(self.info, 'class_names', None)
+    return names[k] if names else f'class {k}'
 
   def class_probabilities(self, examples: np.ndarray, which: str = 'ema') -> np.ndarray:
     """NxK class probabilities of D (noise off) with raw or moving-average parameters."""
@@ -44,30 +51,37 @@ def _probabilities(setup: train.Setup, variables: dict, examples):
   return jax.nn.softmax(setup.head.class_logits(outputs, setup.num_classes), -1)
 
 
+def saved_dataset_info(workdir: str, config: Config) -> input_pipeline.DatasetInfo:
+  """The DatasetInfo saved in workdir; for a workdir from before it was saved, read from
+  the dataset."""
+  saved = checkpointing.read_dataset_info(workdir)
+  if saved is None:
+    return input_pipeline.dataset_info(config)
+  known = {f.name for f in dataclasses.fields(input_pipeline.DatasetInfo)}
+  return input_pipeline.DatasetInfo(**{k: v for k, v in saved.items() if k in known})
+
+
 def load(workdir: str, step: Optional[int] = None, data_dir: Optional[str] = None) -> Trained:
-  """The checkpoint at `step` (default: the newest) in workdir; ConfigError if there is none."""
+  """The checkpoint at `step` (default: the newest) in workdir; ConfigError if there is none.
+
+  `data_dir` replaces the saved config's (for evaluating on data that moved)."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise ConfigError('workdir', workdir, 'has no checkpoints/; train there first')
-  manager = checkpointing.Checkpointer(workdir, Config()).manager
-  steps = sorted(manager.all_steps())
+  checkpointer = checkpointing.Checkpointer(workdir, Config(), read_only=True)
+  steps = checkpointer.all_steps()
   if not steps:
     raise ConfigError('workdir', workdir, 'has no checkpoints; train there first')
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ConfigError('step', step, f'no checkpoint; {workdir} has steps '
                       + ', '.join(map(str, steps)))
-  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  saved = checkpointer.restore_config(step)
   known = {f.name for f in dataclasses.fields(Config)}
   config = Config(**{k: v for k, v in saved.items() if k in known})
   if data_dir is not None:
-    config = config.replace(data_dir=data_dir)
-  info = input_pipeline.dataset_info(config)
+    config = config.replace(data_dir=os.path.abspath(data_dir))
+  info = saved_dataset_info(workdir, config)
   setup = train.Setup.create(config, info)
-  example_dtype = jnp.float32 if setup.family.pixel_range is None else jnp.uint8
-  abstract_state = jax.eval_shape(
-      lambda x: train.create_train_state(setup, x),
-      jax.ShapeDtypeStruct((train.INIT_BATCH_SIZE, *info.image_shape), example_dtype))
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))['state']
-  manager.close()
+  state = checkpointer.restore(train.state_template(setup), step)
+  checkpointer.manager.close()
   return Trained(setup=setup, state=state, info=info, step=step)

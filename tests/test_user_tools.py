@@ -174,6 +174,6 @@ def test_predict_command_on_a_bad_file_exits_2_with_one_line(digits_run, tmp_pat
   assert 'Traceback' not in result.stderr and result.stdout == ''
 
 
-def test_readme_flag_table_is_up_to_date():
-  text = flag_docs.README.read_text()
-  assert flag_docs.updated_readme(text) == text, 'run: python -m ssgan_jax.flag_docs'
+def test_flag_reference_is_up_to_date():
+  text = flag_docs.FLAGS_DOC.read_text()
+  assert flag_docs.updated_doc(text) == text, 'run: python -m ssgan_jax.flag_docs'
