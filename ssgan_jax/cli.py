@@ -23,17 +23,18 @@ _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
 # The --help groups, common flags first. Config fields not named here go under 'other'.
 FLAG_GROUPS = {
     'data': ('dataset', 'data_dir', 'num_labeled', 'label_seed', 'label_selection',
-             'num_validation'),
+             'num_validation', 'image_size', 'train_split', 'test_split'),
     'model and losses': ('model', 'mode', 'unsup_loss', 'gen_loss', 'feature_norm',
                          'unsup_weight', 'historical_averaging', 'one_sided_label_smoothing',
-                         'minibatch_kernels', 'minibatch_kernel_dim'),
+                         'minibatch_kernels', 'minibatch_kernel_dim', 'minibatch_group_size'),
     'training': ('workdir', 'num_steps', 'batch_size', 'learning_rate', 'lr_decay_fraction',
                  'adam_beta1', 'ema_decay', 'seed', 'checkpoint_every', 'keep_checkpoints'),
     'evaluation and output': ('eval_every', 'log_every', 'sample_every', 'eval_params',
                               'eval_batch_size', 'quiet', 'verbose', 'step'),
-    'speed': ('parallel', 'compute_dtype', 'steps_per_dispatch', 'data_on_device',
-              'donate_state', 'conv_transpose', 'conv_input_gradient', 'conv_kernel_gradient'),
-    'several processes': ('coordinator_address', 'num_processes', 'process_id'),
+    'speed': ('parallel', 'compute_dtype', 'matmul_precision', 'steps_per_dispatch', 'data_on_device',
+              'donate_state', 'conv_transpose', 'conv_input_gradient', 'conv_kernel_gradient',
+              'dropout_sampler'),
+    'several processes': ('coordinator_address', 'num_processes', 'process_id', 'distributed'),
 }
 _HELP_ARGS = ('--help', '-help', '-h', '-?', '--helpfull', '--helpshort')
 
