@@ -20,7 +20,7 @@ from absl import app, flags
 import numpy as np
 import torch
 
-from benchmarks import compare_accuracy, export_data
+from benchmarks import common_flags, compare_accuracy, export_data
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std
 from ssgan_jax import config as config_lib
@@ -29,19 +29,17 @@ from ssgan_jax import main as ssgan_main
 MODES = ('ssl', 'supervised')
 # The seed's figures (its README and talk), on the real photos at 224 px.
 SEED_FIGURES = {'ssl': 72.4, 'supervised': 60.2}
-_LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Labeled subsets.')
 _SELECTIONS = flags.DEFINE_list('selections', list(config_lib.LABEL_SELECTIONS),
                                 'Label selections to compare.')
 _MODES = flags.DEFINE_list('modes', list(MODES), 'Modes to compare.')
 _TORCH_SEED = flags.DEFINE_integer('torch_label_seed', 0, 'Label seed of the PyTorch '
                                    'reference runs (random labels, every mode); -1: none.')
-_OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/out/cats_vs_dogs', 'Output folder.')
 
 
 def planned_runs() -> list[dict]:
   """(framework, selection, mode, label seed) of every run, JAX first."""
   runs = [{'framework': 'jax', 'selection': selection, 'mode': mode, 'label_seed': seed}
-          for selection in _SELECTIONS.value for seed in map(int, _LABEL_SEEDS.value)
+          for selection in _SELECTIONS.value for seed in map(int, common_flags.LABEL_SEEDS.value)
           for mode in _MODES.value]
   if _TORCH_SEED.value >= 0:
     runs += [{'framework': 'torch', 'selection': 'random', 'mode': mode,
@@ -119,11 +117,12 @@ def main(argv):
   record = {'benchmark': 'cats_vs_dogs', **run_environment(), 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'config': dataclasses.asdict(config),
             'runs': []}
+  out_dir = common_flags.out_dir('cats_vs_dogs')
   for run in planned_runs():
-    record['runs'].append(train_one(config, splits, run, os.path.join(_OUT_DIR.value, 'runs')))
+    record['runs'].append(train_one(config, splits, run, os.path.join(out_dir, 'runs')))
     print(json.dumps(record['runs'][-1]), flush=True)
-    write(record, _OUT_DIR.value)
-  print(write(record, _OUT_DIR.value))
+    write(record, out_dir)
+  print(write(record, out_dir))
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import torch
 
-from benchmarks import export_data
+from benchmarks import common_flags, export_data
 from benchmarks.spread import mean_std
 from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
@@ -42,17 +42,11 @@ from ssgan_jax import xla_cpu
 from ssgan_jax import train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
-_LABEL_SEEDS = flags.DEFINE_list('label_seeds', ['0', '1', '2'], 'Seeds to train with: each is '
-                                  "a run's --label_seed and its --seed.")
 _RUNS = flags.DEFINE_list('runs', list(RUNS), f'Which of {", ".join(RUNS)} to train.')
 _CURVE_POINTS = flags.DEFINE_integer('curve_points', 4, 'Evaluations of test error per run.')
-_DATA_NPZ = flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py '
-                                'instead of TFDS.')
 _TORCH_DEVICE = flags.DEFINE_string('torch_device', 'cpu', 'Device of the torch runs.')
-_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch CPU threads (0: default).')
 _MERGE = flags.DEFINE_list('merge', None, 'Instead of training, merge the records in these '
                            'output folders into one under --out_dir.')
-_OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/out/compare_accuracy', 'Output folder.')
 
 
 def curve_steps(config: config_lib.Config, points: int) -> list[int]:
@@ -197,9 +191,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = ssgan_main.config_from_flags()
+  out_dir = common_flags.out_dir('compare_accuracy')
   try:
     if _MERGE.value:
-      print(write(merge(_MERGE.value), _OUT_DIR.value))
+      print(write(merge(_MERGE.value), out_dir))
       return
     config_lib.validate(config)
     steps = curve_steps(config, _CURVE_POINTS.value)
@@ -208,19 +203,19 @@ def main(argv):
       raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
     if any(name.startswith('torch') for name in _RUNS.value):
       check_supported(config)
-    workroot = os.path.join(_OUT_DIR.value, 'runs')
-    for seed in map(int, _LABEL_SEEDS.value):
+    workroot = os.path.join(out_dir, 'runs')
+    for seed in map(int, common_flags.LABEL_SEEDS.value):
       for name in _RUNS.value:
         if name.startswith('jax'):
           check_resumable(os.path.join(workroot, f'{name}_{seed}'), steps)
-    splits = (export_data.read_npz(_DATA_NPZ.value) if _DATA_NPZ.value
+    splits = (export_data.read_npz(common_flags.DATA_NPZ.value) if common_flags.DATA_NPZ.value
               else export_data.read_splits(config))
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  if _TORCH_THREADS.value:
-    torch.set_num_threads(_TORCH_THREADS.value)
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  if common_flags.TORCH_THREADS.value:
+    torch.set_num_threads(common_flags.TORCH_THREADS.value)
+  os.makedirs(out_dir, exist_ok=True)
   record = {
       'benchmark': 'compare_accuracy', 'command': ' '.join(['python', '-m',
                                                             'benchmarks.compare_accuracy']
@@ -232,7 +227,7 @@ def main(argv):
       'torch': torch.__version__,
       'torch_device': _TORCH_DEVICE.value, 'torch_threads': torch.get_num_threads(),
       'config': dataclasses.asdict(config), 'runs': []}
-  for seed in map(int, _LABEL_SEEDS.value):
+  for seed in map(int, common_flags.LABEL_SEEDS.value):
     for name in _RUNS.value:
       framework, mode = name.split('_')
       # Both seeds vary: the spread holds the labeled subset's and the initialisation's.
@@ -243,8 +238,8 @@ def main(argv):
                 run_torch(run_config, data, steps, _TORCH_DEVICE.value))
       record['runs'].append({'run': name, 'label_seed': seed, 'seed': seed, **result})
       print(json.dumps(record['runs'][-1]), flush=True)
-      write(record, _OUT_DIR.value)
-  print(write(record, _OUT_DIR.value))
+      write(record, out_dir)
+  print(write(record, out_dir))
 
 
 if __name__ == '__main__':

@@ -29,18 +29,15 @@ import jax
 import numpy as np
 
 from benchmarks import throughput, time_to_accuracy
-from benchmarks import export_data
+from benchmarks import common_flags, export_data
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import models, xla_cpu
 
-# --out_dir is benchmarks/throughput.py's flag, required here.
 FLAGS = flags.FLAGS
 _BUDGET_S = flags.DEFINE_float('budget_s', 480, 'Wall-clock seconds after which no part starts.')
 _SMOKE = flags.DEFINE_boolean('smoke', False, 'Every part on CPU with the MLP, tiny batches and '
                               'data, one timed step.')
-_DATA_NPZ = flags.DEFINE_string('data_npz', None, 'MNIST from benchmarks/export_data.py, for '
-                                'part e (skipped without it).')
 _PRECISION = flags.DEFINE_enum('matmul_precision', 'default', config_lib.MATMUL_PRECISIONS,
                                "JAX's matmul precision of every part (torch matched on CUDA).")
 
@@ -199,18 +196,17 @@ def main(argv):
   xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS['out_dir'].present:
-    ssgan_main.fail('--out_dir is required')
-  if _DATA_NPZ.value and not os.path.isfile(_DATA_NPZ.value):
-    ssgan_main.fail(f'--data_npz={_DATA_NPZ.value}: no such file')
+  if common_flags.DATA_NPZ.value and not os.path.isfile(common_flags.DATA_NPZ.value):
+    ssgan_main.fail(f'--data_npz={common_flags.DATA_NPZ.value}: no such file')
   if _BUDGET_S.value <= 0:
     ssgan_main.fail(f'--budget_s={_BUDGET_S.value:g}: must be > 0')
   if _SMOKE.value:
     jax.config.update('jax_platforms', 'cpu')
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  texts = run_parts(FLAGS.out_dir, _BUDGET_S.value, _SMOKE.value, _PRECISION.value,
-                    _DATA_NPZ.value)
-  with open(os.path.join(FLAGS.out_dir, 'device_run.md'), 'w') as f:
+  out_dir = common_flags.out_dir('device_run')
+  os.makedirs(out_dir, exist_ok=True)
+  texts = run_parts(out_dir, _BUDGET_S.value, _SMOKE.value, _PRECISION.value,
+                    common_flags.DATA_NPZ.value)
+  with open(os.path.join(out_dir, 'device_run.md'), 'w') as f:
     f.write('\n'.join(texts))
 
 

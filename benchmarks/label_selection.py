@@ -6,7 +6,7 @@ reports test accuracy as mean ± std over the seeds. Prints and saves a JSON rec
 and a markdown table under --out_dir (rewritten after every run, so a cut-short benchmark
 keeps what it measured).
 
-  python benchmarks/label_selection.py --data_dir=../shared/tfds
+  python -m benchmarks.label_selection --data_dir=../shared/tfds
 """
 import json
 import os
@@ -19,9 +19,9 @@ import numpy as np
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import xla_cpu
 from ssgan_jax import train
-
-from run_environment import run_environment
-from spread import mean_std
+from benchmarks import common_flags
+from benchmarks.run_environment import run_environment
+from benchmarks.spread import mean_std
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
@@ -31,7 +31,6 @@ _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0, 1, ... per selection, each a
 _STEPS = flags.DEFINE_list('steps', ['digits:1000', 'mnist:1100'],
                            'Train steps per dataset (short budgets), as name:steps.')
 _MODE = flags.DEFINE_string('mode', 'ssl', 'ssl or supervised.')
-_OUT_DIR = flags.DEFINE_string('out_dir', str(REPO / 'benchmarks' / 'out'), 'Output folder.')
 SELECTIONS = ('random', 'representative')
 
 
@@ -69,12 +68,13 @@ def main(argv):
   xla_cpu.apply_entry_point_choice()
   del argv
   steps = {name: int(n) for name, n in (item.split(':') for item in _STEPS.value)}
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  workroot = tempfile.mkdtemp(prefix='label_selection_', dir=_OUT_DIR.value)
+  out_dir = common_flags.out_dir('label_selection')
+  os.makedirs(out_dir, exist_ok=True)
+  workroot = tempfile.mkdtemp(prefix='label_selection_', dir=out_dir)
   record = {
       'benchmark': 'label_selection', 'mode': _MODE.value,
       **run_environment(), 'runs': []}
-  stem = os.path.join(_OUT_DIR.value, 'label_selection')
+  stem = os.path.join(out_dir, 'label_selection')
   for dataset in _DATASETS.value:
     for seed in range(_SEEDS.value):  # Seeds outermost: a cut-short run stays balanced.
       for selection in SELECTIONS:

@@ -4,7 +4,7 @@ Both runs use experiments/mnist.flags with the same steps, seeds and labeled sub
 --mode differs. Prints and saves a JSON record and a markdown table (with validation-accuracy
 curves) under --out_dir.
 
-  python benchmarks/mnist_ssl_vs_supervised.py --data_dir=../shared/tfds --epochs=20
+  python -m benchmarks.mnist_ssl_vs_supervised --data_dir=../shared/tfds --epochs=20
 """
 import json
 import os
@@ -17,8 +17,8 @@ from absl import app, flags
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import xla_cpu
 from ssgan_jax import train
-
-from run_environment import run_environment
+from benchmarks import common_flags
+from benchmarks.run_environment import run_environment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_TRAIN_SIZE = 60_000
@@ -27,7 +27,6 @@ _EPOCHS = flags.DEFINE_float('epochs', 20, 'Passes over the unlabeled images.')
 _LABEL_SEED = flags.DEFINE_integer('label_seed', 0, 'Labeled subset seed.')
 _EMA_DECAY = flags.DEFINE_float('ema_decay', 0.999, 'EMA decay (the flagfile has 0.9999, '
                                 'tuned for 300 epochs).')
-_OUT_DIR = flags.DEFINE_string('out_dir', str(REPO / 'benchmarks' / 'out'), 'Output folder.')
 
 
 def run(mode: str, workdir: str, extra_args: Sequence[str] = ()) -> dict:
@@ -70,8 +69,9 @@ def markdown(record: dict) -> str:
 def main(argv):
   xla_cpu.apply_entry_point_choice()
   del argv
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  workroot = tempfile.mkdtemp(prefix='mnist_ssl_vs_supervised_', dir=_OUT_DIR.value)
+  out_dir = common_flags.out_dir('mnist_ssl_vs_supervised')
+  os.makedirs(out_dir, exist_ok=True)
+  workroot = tempfile.mkdtemp(prefix='mnist_ssl_vs_supervised_', dir=out_dir)
   record = {
       'benchmark': 'mnist_ssl_vs_supervised', 'epochs': _EPOCHS.value,
       'label_seed': _LABEL_SEED.value, 'ema_decay': _EMA_DECAY.value,
@@ -79,7 +79,7 @@ def main(argv):
       'runs': [run(mode, os.path.join(workroot, mode)) for mode in ('ssl', 'supervised')],
   }
   table = markdown(record)
-  stem = os.path.join(_OUT_DIR.value, 'mnist_ssl_vs_supervised')
+  stem = os.path.join(out_dir, 'mnist_ssl_vs_supervised')
   with open(stem + '.json', 'w') as f:
     json.dump(record, f, indent=1)
   with open(stem + '.md', 'w') as f:

@@ -8,7 +8,7 @@ continues where it stopped, invocations with different --seeds can run side by s
 one tabulates them all from the saved records; a record made with another budget is an error
 rather than something to mix in. Prints and saves JSON and a markdown table.
 
-  python benchmarks/mnist_variants.py --data_dir=/work/shared/tfds --epochs=1 --seeds=0,1
+  python -m benchmarks.mnist_variants --data_dir=/work/shared/tfds --epochs=1 --seeds=0,1
 """
 import datetime
 import json
@@ -20,8 +20,9 @@ from typing import Optional
 
 from absl import app, flags
 
-import mnist_ssl_vs_supervised as base
-from run_environment import run_environment
+from benchmarks import common_flags
+from benchmarks import mnist_ssl_vs_supervised as base
+from benchmarks.run_environment import run_environment
 from ssgan_jax import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
@@ -120,7 +121,7 @@ def main(argv):
   if unknown or BASELINE not in _VARIANTS.value:
     raise app.UsageError(f'--variants={",".join(_VARIANTS.value)}: must include {BASELINE} '
                          f'and name only {", ".join(VARIANTS)}')
-  runs_dir = os.path.join(base._OUT_DIR.value, 'mnist_variants_runs')
+  runs_dir = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants_runs')
   os.makedirs(runs_dir, exist_ok=True)
   # Seed-major order: a budget that runs short still leaves every variant on the first seeds.
   runs = {name: [] for name in _VARIANTS.value}
@@ -139,7 +140,7 @@ def main(argv):
       'runs': runs,
   }
   table = markdown(record)
-  stem = os.path.join(base._OUT_DIR.value, 'mnist_variants')
+  stem = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants')
   with open(stem + '.json', 'w') as f:
     json.dump(record, f, indent=1)
   with open(stem + '.md', 'w') as f:

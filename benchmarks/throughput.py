@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import peaks
+from benchmarks import common_flags, peaks
 from ssgan_jax import input_pipeline, parallel, train
 from ssgan_jax import main as ssgan_main
 from ssgan_jax import xla_cpu
@@ -67,8 +67,6 @@ _PROFILE = flags.DEFINE_integer(
     '(a Perfetto trace under --out_dir) and report its N slowest XLA ops; 0: no profile.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 0, 'Side of the bf16 and f32 matmuls that '
                                     "measure the device's peak (0: 8192, or 1024 on CPU).")
-_OUT_DIR = flags.DEFINE_string('out_dir', os.path.join(REPO, 'benchmarks', 'results'),
-                               'Folder for throughput.jsonl and throughput.md.')
 _NAME = flags.DEFINE_string('name', 'throughput', 'Base name of the output files.')
 
 
@@ -527,8 +525,9 @@ def main(argv):
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
   header = {**run_header('throughput', _STEPS.value, _WARMUP.value, _REPEATS.value),
             'skipped_device_counts': [c for c in counts if c > len(devices)]}
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  jsonl_path = os.path.join(_OUT_DIR.value, f'{_NAME.value}.jsonl')
+  out_dir = common_flags.out_dir('throughput')
+  os.makedirs(out_dir, exist_ok=True)
+  jsonl_path = os.path.join(out_dir, f'{_NAME.value}.jsonl')
   open(jsonl_path, 'w').close()
 
   def emit(new_records: list) -> None:
@@ -564,8 +563,7 @@ def main(argv):
               {'kind': 'torch', 'model': model, 'global_batch': batch_size,
                'note': f'no PyTorch reference on {devices[0].platform}'}])
         if _PROFILE.value:
-          new.append(profile(case, os.path.join(_OUT_DIR.value, f'{_NAME.value}_traces'),
-                             _PROFILE.value))
+          new.append(profile(case, os.path.join(out_dir, f'{_NAME.value}_traces'), _PROFILE.value))
         emit(new)
         records += new
       del cases, torch_cases
@@ -577,7 +575,7 @@ def main(argv):
   emit(new)
   records += new
   table = markdown(header, records)
-  with open(os.path.join(_OUT_DIR.value, f'{_NAME.value}.md'), 'w') as f:
+  with open(os.path.join(out_dir, f'{_NAME.value}.md'), 'w') as f:
     f.write(table)
   print(table)
 

@@ -26,7 +26,7 @@ import flax
 import jax
 import numpy as np
 
-from benchmarks import export_data
+from benchmarks import common_flags, export_data
 from benchmarks.run_environment import run_environment
 from ssgan_jax import config as config_lib
 from ssgan_jax import input_pipeline, parallel, train
@@ -44,9 +44,6 @@ def define_flags() -> None:
   flags.DEFINE_list('targets', ['0.95', '0.97', '0.98'], 'Test accuracies to time.')
   flags.DEFINE_list('frameworks', list(FRAMEWORKS), 'Trainers to time.')
   flags.DEFINE_float('budget_s', 0, 'Wall-clock budget of each trainer (0: none).')
-  flags.DEFINE_string('data_npz', None, 'Arrays from benchmarks/export_data.py instead of TFDS.')
-  flags.DEFINE_integer('torch_threads', 0, 'torch CPU threads (0: default).')
-  flags.DEFINE_string('out_dir', 'benchmarks/out/time_to_accuracy', 'Output folder.')
 
 
 class Clock:
@@ -195,8 +192,8 @@ def check_flags(config: config_lib.Config) -> list[float]:
   if not targets or not all(0 <= t <= 1 for t in targets):
     raise config_lib.ConfigError('targets', ','.join(FLAGS.targets),
                                  'must be accuracies in [0, 1], comma-separated')
-  if FLAGS.data_npz and not os.path.isfile(FLAGS.data_npz):
-    raise config_lib.ConfigError('data_npz', FLAGS.data_npz, 'no such file')
+  if common_flags.DATA_NPZ.value and not os.path.isfile(common_flags.DATA_NPZ.value):
+    raise config_lib.ConfigError('data_npz', common_flags.DATA_NPZ.value, 'no such file')
   return targets
 
 
@@ -207,14 +204,15 @@ def main(argv):
   config = ssgan_main.config_from_flags()
   try:
     targets = check_flags(config)
-    splits = (export_data.read_npz(FLAGS.data_npz) if FLAGS.data_npz
+    splits = (export_data.read_npz(common_flags.DATA_NPZ.value) if common_flags.DATA_NPZ.value
               else export_data.read_splits(config))
   except config_lib.ConfigError as e:
     ssgan_main.fail(str(e))
-  if FLAGS.torch_threads:
+  if common_flags.TORCH_THREADS.value:
     import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(FLAGS.torch_threads)
-  record = run(config, splits, targets, FLAGS.frameworks, FLAGS.budget_s, FLAGS.out_dir)
+    torch.set_num_threads(common_flags.TORCH_THREADS.value)
+  record = run(config, splits, targets, FLAGS.frameworks, FLAGS.budget_s,
+               common_flags.out_dir('time_to_accuracy'))
   print(markdown(record))
 
 

@@ -64,7 +64,6 @@ class Checkpointer:
       return None
     try:
       saved = self.restore_config(step)
-      differing = incompatible_fields(saved, config)
     except Exception as e:  # Orbax and JSON raise many kinds; all mean unreadable.
       raise self._unreadable(step, e) from None
     return saved
@@ -94,8 +93,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     try:
       with _quiet_unfinished_reads():
-          state = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(template)))['state']
+        state = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(template)))['state']
       if jax.tree.structure(state) != jax.tree.structure(template):
         raise ValueError('its state has another structure than this model\'s')
       for restored, expected in zip(jax.tree.leaves(state), jax.tree.leaves(template)):

@@ -154,14 +154,17 @@ def check_against_dataset(config: Config, info: DatasetInfo) -> None:
     raise ConfigError('model', config.model, f'{config.dataset} holds '
                       f'{"vectors" if is_vector else "images"}; use --model={"|".join(fitting)}')
   supported = MODEL_FAMILIES[config.model].supported_sizes
+  if supported is None:
+    return
   height, width = info.image_shape[:2]
-  if supported is not None and not (height == width and height in supported):
-    sides = ', '.join(map(str, supported))
+  if not (height == width and height in supported):
+    sizes = ' or '.join(f'{side}x{side}' for side in supported)
     if config.image_size is not None:
       raise ConfigError('image_size', config.image_size,
-                        f'the {config.model} generator makes {sides} px images')
-    raise ConfigError('model', config.model, f'makes {sides} px images; {config.dataset} has '
-                      f'{height}x{width}; set --image_size to one of them or use --model=mlp')
+                        f'the {config.model} generator makes {sizes} images')
+    raise ConfigError('model', config.model, f'makes {sizes} images; {config.dataset} has '
+                      f'{height}x{width}; set --image_size={supported[0]} to resize them, '
+                      'or use --model=mlp')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Where a run's metrics go: metrics.jsonl, the metric writer (TensorBoard) and the progress bar.
 
 metrics.jsonl holds no metric twice for one step: a resumed run first drops the records of
-the steps it redoes, and the end-of-run record of the step it resumes at.
+the steps it redoes, and a rerun of a finished run drops the end-of-run record it writes again.
+The end-of-run record of a run that is later extended stays: it is that step's test result.
 """
 import json
 import os
@@ -64,17 +65,19 @@ def _readable_records(path: str) -> tuple[list[dict], int]:
   return records, garbled
 
 
-def keep_records_up_to(path: str, step: int) -> float:
+def keep_records_up_to(path: str, step: int, num_steps: int) -> float:
   """Drops the records after `step` (a resumed run redoes those steps), the end-of-run record
-  at `step` (it is written again) and every line that cannot be read; returns the training
-  wall time recorded up to `step` (0 without one)."""
+  at `step` when the run ends there again (`num_steps == step`: it is written again) and every
+  line that cannot be read; returns the training wall time recorded up to `step` (0 without
+  one)."""
   if not os.path.exists(path):
     return 0.0
   records, garbled = _readable_records(path)
   if garbled:
     logging.warning('%s: skipped %d lines that are not UTF-8 JSON records.', path, garbled)
+  rerun = num_steps == step
   kept = [r for r in records
-          if r['step'] < step or (r['step'] == step and 'test_accuracy' not in r)]
+          if r['step'] < step or (r['step'] == step and not (rerun and 'test_accuracy' in r))]
   with open(path + '.tmp', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in kept)
   os.replace(path + '.tmp', path)
@@ -89,7 +92,7 @@ class MetricsRecorder:
     self.workdir = workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # Training wall time of the earlier invocations that made the state resumed from.
-    self.earlier_train_seconds = (keep_records_up_to(self.path, start_step)
+    self.earlier_train_seconds = (keep_records_up_to(self.path, start_step, config.num_steps)
                                   if multihost.is_writer() else 0.0)
     self.writer = metric_writer(workdir)
     self.bar = progress.Progress(config.num_steps, start_step, config.log_every, config.quiet)

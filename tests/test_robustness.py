@@ -341,11 +341,14 @@ def test_sigint_and_sigterm_request_a_stop_once_and_the_handlers_come_back():
 
 
 def test_a_resumed_run_drops_the_records_of_the_steps_it_redoes(tmp_path):
+  """An extended run keeps the end-of-run record of the step it resumes at (that step's test
+  result); it drops every later one."""
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "disc_loss": 1.0}\n{"step": 2, "disc_loss": 0.5}\n'
-                  '{"step": 2, "validation_accuracy": 0.5}\n{"step": 3, "disc_loss": 0.4}\n'
+                  '{"step": 2, "validation_accuracy": 0.5}\n{"step": 2, "test_accuracy": 0.5}\n'
+                  '{"step": 3, "disc_loss": 0.4}\n'
                   '{"step": 4, "disc_lo')  # the last line cut short by kill -9
-  metrics_record.keep_records_up_to(str(path), 2)
+  metrics_record.keep_records_up_to(str(path), 2, num_steps=4)
   assert [json.loads(line) for line in path.read_text().splitlines()] == [
       {'step': 1, 'disc_loss': 1.0}, {'step': 2, 'disc_loss': 0.5},
-      {'step': 2, 'validation_accuracy': 0.5}]
+      {'step': 2, 'validation_accuracy': 0.5}, {'step': 2, 'test_accuracy': 0.5}]

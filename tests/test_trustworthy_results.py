@@ -92,7 +92,7 @@ def test_unreadable_metric_lines_are_skipped_with_one_warning(tmp_path):
   with pytest.MonkeyPatch.context() as patch:
     warnings = []
     patch.setattr(metrics_record.logging, 'warning', lambda *a: warnings.append(a))
-    assert metrics_record.keep_records_up_to(str(path), 2) == 7.0
+    assert metrics_record.keep_records_up_to(str(path), 2, num_steps=2) == 7.0
   assert len(warnings) == 1 and warnings[0][2] == 1
   assert [json.loads(line) for line in path.read_text().splitlines()] == [
       {'step': 1, 'disc_loss': 1.0, 'train_seconds_total': 5.0}, {'step': 2, 'disc_loss': 0.5}]
