@@ -22,7 +22,6 @@ import time
 from typing import Optional
 
 from absl import app, flags
-import flax
 import jax
 import numpy as np
 
@@ -82,16 +81,13 @@ def time_jax(config: config_lib.Config, data: tuple, clock: Clock) -> dict:
     trainer = parallel.DataParallelTrainer(functools.partial(train.train_step, setup), config,
                                            arrays, train.AXIS)
     state = trainer.replicate(train.create_train_state(setup, init_images[:train.INIT_BATCH_SIZE]))
-    p_eval_step = jax.pmap(functools.partial(train.eval_step, setup), axis_name=train.AXIS)
+    evaluator = train.Evaluator(setup, trainer)
     chunks, step = trainer.chunks(0), 0
     while clock.running(step):
       state, _ = trainer(state, next(chunks))
       step += trainer.steps_in_call(step)
       if step % config.eval_every == 0 or step == config.num_steps:
-        variables = train.eval_disc_variables(setup, flax.jax_utils.unreplicate(state),
-                                              config.eval_params)
-        clock.record(step, train.evaluate(setup, p_eval_step, flax.jax_utils.replicate(variables),
-                                          arrays.test_images, arrays.test_labels))
+        clock.record(step, evaluator.accuracy(state, arrays.test_images, arrays.test_labels))
   return clock.result(step)
 
 

@@ -135,7 +135,6 @@ def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
     (dict(historical_averaging=0.1), '--historical_averaging=0.1'),
     (dict(one_sided_label_smoothing=0.9), '--one_sided_label_smoothing=0.9'),
     (dict(compute_dtype='bfloat16'), '--compute_dtype=bfloat16'),
-    (dict(model='resnet18'), '--model=resnet18'),
 ])
 def test_the_reference_refuses_what_it_does_not_implement(changes, flag):
   config = tiny_config(**changes)
@@ -145,6 +144,9 @@ def test_the_reference_refuses_what_it_does_not_implement(changes, flag):
   # What changes only how ssgan_jax computes the same step is no obstacle.
   assert not torch_train.unsupported_settings(tiny_config(parallel='shard_map', eval_params='raw',
                                                           steps_per_dispatch=2))
+  # Nor is the data, which both frameworks read from the same arrays, or a model it has.
+  assert not torch_train.unsupported_settings(tiny_config(image_size=32, train_split='train[:80%]',
+                                                          model='resnet18'))
 
 
 def test_compare_accuracy_refuses_a_setting_the_reference_lacks_in_one_line(tmp_path):

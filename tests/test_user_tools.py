@@ -109,7 +109,8 @@ def test_evaluate_matches_training_and_writes_json_and_confusion_png(digits_run)
   assert confusion.shape == (10, 10) and confusion.sum() == 497
   assert np.trace(confusion) / 497 == pytest.approx(result['test_accuracy_ema'])
   saved = json.loads(pathlib.Path(workdir, 'evaluation', 'step_6.json').read_text())
-  assert saved == result
+  assert result['saved_in'] == os.path.join(workdir, 'evaluation')
+  assert saved == {k: v for k, v in result.items() if k != 'saved_in'}
   assert_not_blank(read_png(os.path.join(workdir, 'evaluation', 'confusion_step_6.png')))
   text = evaluate.report(result)
   assert f"{100 * result['test_accuracy_ema']:.2f} % (EMA)" in text

@@ -101,6 +101,11 @@ OTHER_FIELDS = frozenset({
     'label_selection', 'num_validation', 'parallel', 'conv_transpose', 'conv_input_gradient',
     'conv_kernel_gradient', 'steps_per_dispatch', 'data_on_device', 'donate_state',
     'checkpoint_every', 'keep_checkpoints', 'eval_every', 'log_every', 'sample_every', 'quiet',
+    # The data: both frameworks train on the same arrays, read once by ssgan_jax's pipeline.
+    'train_split', 'test_split', 'image_size',
+    # How the noise is drawn (the reference draws its own) and the matmul precision (matched
+    # on CUDA by match_jax_precision).
+    'dropout_sampler', 'matmul_precision',
 })
 
 
