@@ -9,7 +9,7 @@ each run finishes; JAX runs keep their workdirs under <out_dir>/runs/, so the sa
 run again resumes them.
 
   python -m benchmarks.cats_vs_dogs --flagfile=experiments/cats_vs_dogs_64.flags \
-      --data_dir=../shared/tfds --out_dir=benchmarks/out/cats_vs_dogs
+      --data_dir=../shared/tfds
 """
 import dataclasses
 import json
@@ -25,6 +25,7 @@ from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std
 from ssgan_jax import config as config_lib
 from ssgan_jax import main as ssgan_main
+from ssgan_jax import xla_cpu
 
 MODES = ('ssl', 'supervised')
 # The seed's figures (its README and talk), on the real photos at 224 px.
@@ -101,6 +102,7 @@ def write(record: dict, out_dir: str) -> str:
 
 
 def main(argv):
+  xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = ssgan_main.config_from_flags()

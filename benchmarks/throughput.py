@@ -38,10 +38,10 @@ from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each family with the flagfile of its reference protocol and its images.
-MODELS = {'mlp': ('mnist.flags', (28, 28, 1)), 'conv_small': ('svhn.flags', (32, 32, 3)),
-          'conv_large': ('cifar10.flags', (32, 32, 3))}
-NUM_CLASSES = 10
+# Each family with the flagfile of its reference protocol, its images and its class count.
+MODELS = {'mlp': ('mnist.flags', (28, 28, 1), 10), 'conv_small': ('svhn.flags', (32, 32, 3), 10),
+          'conv_large': ('cifar10.flags', (32, 32, 3), 10),
+          'resnet18': ('cats_vs_dogs.flags', (224, 224, 3), 2)}
 # Synthetic train set: this many global batches of distinct unlabeled images.
 _UNLABELED_BATCHES = 4
 
@@ -108,7 +108,7 @@ def check_flags() -> None:
 
 def model_config(model: str, batch_size: int, variant: dict) -> Config:
   """The model's reference config at `batch_size` with the variant's overrides, no periodic work."""
-  flagfile, _ = MODELS[model]
+  flagfile, _, _ = MODELS[model]
   args = [f'--flagfile={os.path.join(REPO, "experiments", flagfile)}',
           f'--batch_size={batch_size}', '--num_steps=1000000000', '--log_every=1000000000',
           '--eval_every=1000000000', '--checkpoint_every=1000000000']
@@ -121,13 +121,21 @@ PLAIN_STEP = dict(steps_per_dispatch=1, data_on_device=False, conv_transpose='di
                   conv_input_gradient='dilated', conv_kernel_gradient='xla')
 
 
-def synthetic_data(batch_size: int, image_shape: tuple, seed: int = 0):
+def data_shape(model: str, config: Config) -> tuple[tuple, int]:
+  """The image shape (the flagfile's, or the variant's --image_size) and the class count."""
+  _, image_shape, num_classes = MODELS[model]
+  if config.image_size:
+    image_shape = (config.image_size, config.image_size, image_shape[-1])
+  return image_shape, num_classes
+
+
+def synthetic_data(batch_size: int, image_shape: tuple, num_classes: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   images = lambda n: rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
   empty = np.zeros(0, np.int32)
   return input_pipeline.SemiSupervisedData(
       labeled_images=images(batch_size), labeled_labels=np.arange(batch_size, dtype=np.int32)
-      % NUM_CLASSES, unlabeled_images=images(_UNLABELED_BATCHES * batch_size),
+      % num_classes, unlabeled_images=images(_UNLABELED_BATCHES * batch_size),
       validation_images=images(0), validation_labels=empty, test_images=images(0),
       test_labels=empty)
 
@@ -148,10 +156,10 @@ class Case:
     self.model, self.batch_size, self.devices = model, batch_size, devices
     self.variant = variant_text
     self.config = model_config(model, batch_size, parse_variant(variant_text))
-    _, image_shape = MODELS[model]
-    info = input_pipeline.DatasetInfo(NUM_CLASSES, image_shape, None)
+    self.image_shape, self.num_classes = data_shape(model, self.config)
+    info = input_pipeline.DatasetInfo(self.num_classes, self.image_shape, None)
     self.setup = train.Setup.create(self.config, info)
-    self.data = synthetic_data(batch_size, image_shape)
+    self.data = synthetic_data(batch_size, self.image_shape, self.num_classes)
     step_fn = lambda state, batch: train.train_step(self.setup, state, batch)
     self.trainer = parallel.DataParallelTrainer(step_fn, self.config, self.data, train.AXIS,
                                                 devices)
@@ -340,7 +348,7 @@ class TorchCase:
         range(_UNLABELED_BATCHES), input_pipeline.train_indices(case.data, case.config, 0))]
     self.timings, self.error, self.steps_run = [], None, 0
     try:
-      self.trainer = TorchTrainer(case.config, NUM_CLASSES, MODELS[case.model][1],
+      self.trainer = TorchTrainer(case.config, case.num_classes, case.image_shape,
                                   case.data.unlabeled_images[:train.INIT_BATCH_SIZE],
                                   device=self.device, compile=mode == 'compile')
     except Exception as e:  # pylint: disable=broad-except

@@ -16,8 +16,8 @@
   contracted feature, the input gradient with the kernel's features swapped). XLA:CPU
   converts those to NHWC for its Eigen kernels outside loops only; inside a loop (a scan of
   several train steps) it runs them through a generic path, the kernel gradients hundreds of
-  times slower (jax-ml/jax#12868; benchmarks/RESULTS.md, section 14).
-- `bernoulli_mask`: dropout masks from a few random bits per element (section 12).
+  times slower (jax-ml/jax#12868; benchmarks/results/scan_gradients_ab/).
+- `bernoulli_mask`: dropout masks from a few random bits per element.
 """
 from __future__ import annotations  # kernels imports this module and is imported here
 
@@ -236,7 +236,7 @@ def conv_transpose_same(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride:
 
   That is a convolution over x with stride - 1 zeros between its pixels and lax's 'SAME'
   padding. XLA:CPU runs the dilated form and its kernel gradient through a slow path
-  (benchmarks/RESULTS.md, sections 7 and 15).
+  (benchmarks/RESULTS.md, defaults that a measurement decided).
   """
   padding = []
   for kernel in kernel_RxSxCxF.shape[:2]:
@@ -250,7 +250,7 @@ def bernoulli_mask(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
   """Booleans of `shape`, each True with probability p, independently.
 
   `jax.random.bernoulli` spends a 32-bit random word on each element; on CPU drawing those
-  words took about 9 % of the SVHN train step (benchmarks/RESULTS.md section 12). Where p
+  words took about 9 % of the SVHN train step (benchmarks/results/dropout_bits_ab/). Where p
   (a Python float) is a multiple of 2^-b for some b <= 8
   (dropout's keep probability 0.5: b = 1), each element here takes b bits of a word instead,
   exactly as likely to be True; other p fall back to `jax.random.bernoulli`.

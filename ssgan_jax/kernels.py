@@ -19,7 +19,7 @@ DROPOUT_SAMPLERS = ('auto', 'bits', 'bernoulli')
 # What 'auto' zero-skipping resolves to on CPU: 'phases' for layers of PHASE_MIN_FEATURES
 # features or more, 'subpixel' for narrower ones. Narrower phases' convolutions ran too far
 # below the matrix units' rate, and the side-by-side one was faster despite its zero taps; at
-# 32 the two traded places from run to run (benchmarks/RESULTS.md section 15).
+# 32 the two traded places from run to run (benchmarks/results/phases_ab/).
 BY_WIDTH = 'by_width'
 PHASE_MIN_FEATURES = 64
 

@@ -418,13 +418,14 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
   config = with_group_size(config, jax.device_count(), checkpointer.saved_config())
   check_divisible_by_devices(config, jax.device_count())
   checkpointer.check_compatible(config)
-  checkpointing.write_dataset_info(workdir, info)
   setup = Setup.create(config, info)
   check_fits_in_memory(setup, info, jax.device_count())
   # Restored before the data are read, so that an unreadable checkpoint is reported at once.
   restored = None
   if checkpointer.latest_step() is not None:
     restored = checkpointer.restore(state_template(setup))
+  # Only a run that goes on writes into the workdir.
+  checkpointing.write_dataset_info(workdir, info)
 
   data = input_pipeline.load(config, info) if data is None else data[1]
   if restored is None:

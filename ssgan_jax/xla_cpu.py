@@ -2,8 +2,8 @@
 
 jaxlib 0.10 and later hand them to YNNPACK by default. On this project's 2-core x86 machine,
 XLA's Eigen kernels ran the SVHN model's train step 1.7x faster (benchmarks/RESULTS.md,
-section 10), so the command-line entry points ask XLA for Eigen's (`apply_entry_point_choice`),
-unless XLA_FLAGS already chooses. Importing ssgan_jax changes nothing. The choice is made once
+defaults that a measurement decided), so the command-line entry points ask XLA for Eigen's
+(`apply_entry_point_choice`), unless XLA_FLAGS already chooses. Importing ssgan_jax changes nothing. The choice is made once
 per process, when JAX starts its first backend: asking after that changes nothing. Other
 backends ignore these flags.
 """

@@ -122,7 +122,7 @@ def conv_flagfile_config(flagfile: str, *extra_flags: str) -> Config:
   return config
 
 
-# The second case runs the conv step inside a scan (RESULTS.md section 14).
+# The second case runs the conv step inside a scan (benchmarks/results/scan_gradients_ab/).
 @pytest.mark.parametrize('extra_flags', [(), ('--steps_per_dispatch=2', '--data_on_device=true')])
 def test_svhn_flagfile_trains_end_to_end_on_mock_data(tmp_path, extra_flags):
   config = conv_flagfile_config('svhn.flags', *extra_flags)
