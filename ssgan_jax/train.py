@@ -477,7 +477,7 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
   summary.update(compute_dtype=config.compute_dtype, matmul_precision=config.matmul_precision)
   if watch.warnings:
     summary['warnings'] = watch.warnings
-  plots.write_curves(recorder.writer, workdir, step)
+  plots.write_curves(recorder.writer, workdir, step, plots.run_name(config, workdir))
   checkpointer.close()
   recorder.close()
   return summary

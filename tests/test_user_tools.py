@@ -8,6 +8,7 @@ import sys
 import types
 
 import jax
+from matplotlib import pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,12 +27,16 @@ def tiny(flagfile: str, *args: str):
   return config
 
 
+def tiny_rings():
+  """The rings demo's config, shortened to 20 steps."""
+  return tiny('rings.flags', '--num_steps=20', '--eval_every=10', '--log_every=5',
+              '--checkpoint_every=10', '--sample_every=10')
+
+
 @pytest.fixture(scope='module')
 def rings_demo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('rings_demo'))
-  config = tiny('rings.flags', '--num_steps=20', '--eval_every=10', '--log_every=5',
-                '--checkpoint_every=10', '--sample_every=10')
-  return workdir, demo.run_demo(config, workdir)
+  return workdir, demo.run_demo(tiny_rings(), workdir)
 
 
 @pytest.fixture(scope='module')
@@ -63,15 +68,75 @@ def test_rings_demo_trains_both_modes_and_draws_both_boundaries(rings_demo):
     assert summary['step'] == 20 and 0 <= summary['test_accuracy'] <= 1
     assert_not_blank(read_png(os.path.join(workdir, mode, 'curves.png')))
   boundaries = read_png(os.path.join(workdir, 'decision_boundaries.png'))
-  assert boundaries.shape == (500, 1000, 3)
+  assert boundaries.shape == (500, 1100, 3)
   assert_not_blank(boundaries[:, :500])
-  assert_not_blank(boundaries[:, 500:])
+  assert_not_blank(boundaries[:, 500:1000])
+  assert_not_blank(boundaries[:, 1000:])  # the colour scale
   # Generated points are drawn in G's runs only; pictures of samples likewise.
   assert sorted(os.listdir(os.path.join(workdir, 'ssl', 'samples'))) == [
       'step_00000010.png', 'step_00000020.png']
   assert not os.path.exists(os.path.join(workdir, 'supervised', 'samples'))
   assert read_png(os.path.join(workdir, 'ssl', 'samples', 'step_00000020.png')).shape == (
       500, 500, 3)
+
+
+def test_curves_label_both_axes_and_name_the_run_with_its_accuracies(rings_demo):
+  workdir, summaries = rings_demo
+  ssl_dir = os.path.join(workdir, 'ssl')
+  records = plots.read_metrics(ssl_dir)
+  validation = [r['validation_accuracy'] for r in records if 'validation_accuracy' in r][-1]
+  fig = plots.curves_figure(records, 'a run')
+  try:
+    loss_ax, acc_ax = fig.axes
+    assert (loss_ax.get_ylabel(), acc_ax.get_ylabel()) == ('loss', 'accuracy')
+    assert fig.get_suptitle() == (
+        f'a run: validation accuracy {100 * validation:.1f} % (step 20), '
+        f'test accuracy {100 * summaries["ssl"]["test_accuracy"]:.1f} % (step 20)')
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
+        'train_accuracy', 'validation_accuracy', 'test_accuracy']
+  finally:
+    plt.close(fig)
+  name = plots.run_name(tiny_rings().replace(mode='ssl'), ssl_dir + '/')
+  assert name == 'ssl (rings, ssl, mlp_points)'
+  # Training drew its curves.png with that name.
+  assert np.array_equal(read_png(os.path.join(ssl_dir, 'curves.png')),
+                        plots.curves_picture(records, name))
+
+
+def test_point_frames_keep_the_axes_of_the_real_points():
+  real = embedded_datasets.DATASETS['rings'].make()['train'][0][:2000]
+  low, high = plots.point_limits(real)
+  assert low < real.min() and real.max() < high
+  limits = []
+  for generated in (real[:500] * 0.1, real[:500] * 3 + 1):
+    fig = plots.points_figure(generated, real, 'frame')
+    try:
+      [ax] = fig.axes
+      limits.append((ax.get_xlim(), ax.get_ylim(), ax.get_title()))
+    finally:
+      plt.close(fig)
+  outside = int((np.abs(real[:500] * 3 + 1 - (low + high) / 2) > (high - low) / 2).any(1).sum())
+  assert 0 < outside < 500
+  assert limits == [((low, high), (low, high), 'frame'),
+                    ((low, high), (low, high), f'frame ({outside} of 500 outside)')]
+
+
+def test_decision_boundaries_have_a_colour_scale_and_a_legend_for_the_boundary(rings_demo):
+  workdir, _ = rings_demo
+  config = tiny_rings()
+  data = input_pipeline.load(config, input_pipeline.dataset_info(config))
+  panels = [(mode, trained.load(os.path.join(workdir, mode))) for mode in ('supervised', 'ssl')]
+  fig = plots.decision_boundaries_figure(panels, data, grid=20)
+  try:
+    *panel_axes, scale_ax = fig.axes
+    assert scale_ax.get_ylabel() == plots.PROBABILITY_LABEL
+    common = ['labeled, class 0', 'labeled, class 1']
+    for ax, entries in zip(panel_axes, (['unlabeled', *common],
+                                        ['unlabeled', 'generated', *common])):
+      assert [t.get_text() for t in ax.get_legend().get_texts()] == [plots.BOUNDARY_LABEL,
+                                                                     *entries]
+  finally:
+    plt.close(fig)
 
 
 def test_digit_samples_are_an_image_grid(tmp_path):
