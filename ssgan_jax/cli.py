@@ -28,7 +28,7 @@ FLAG_GROUPS = {
                          'unsup_weight', 'historical_averaging', 'one_sided_label_smoothing',
                          'minibatch_kernels', 'minibatch_kernel_dim', 'minibatch_group_size'),
     'training': ('workdir', 'num_steps', 'batch_size', 'learning_rate', 'lr_decay_fraction',
-                 'adam_beta1', 'ema_decay', 'seed', 'checkpoint_every', 'keep_checkpoints'),
+                 'adam_beta1', 'ema_decay', 'ema_horizon', 'seed', 'checkpoint_every', 'keep_checkpoints'),
     'evaluation and output': ('eval_every', 'log_every', 'sample_every', 'eval_params',
                               'eval_batch_size', 'quiet', 'verbose', 'step'),
     'speed': ('parallel', 'compute_dtype', 'matmul_precision', 'steps_per_dispatch', 'data_on_device',

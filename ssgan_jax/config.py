@@ -83,6 +83,7 @@ class Config:
   adam_beta1: float = _field(0.5, 'Adam beta1.')
   lr_decay_fraction: float = _field(0.0, 'Fraction of the steps, at the end, over which the rate falls linearly to 0.')
   ema_decay: float = _field(0.9999, "Decay of the bias-corrected moving average of D's parameters.")
+  ema_horizon: float = _field(0.0, "If > 0, the average's time constant 1/(1 - decay) is at most this fraction of --num_steps (the decay is lowered to fit), so a short run's average forgets its first weights; 0: --ema_decay as given.")
   eval_params: str = _field('ema', 'Parameters evaluation uses: ema or raw.')
   checkpoint_every: int = _field(1000, 'Steps between checkpoints (one is also saved at the end).')
   keep_checkpoints: int = _field(3, 'Checkpoints kept (the newest).')
@@ -176,6 +177,16 @@ def validate(config: Config) -> None:
       raise ConfigError(name, getattr(config, name), 'must be in [0, 1)')
   if not 0 <= config.lr_decay_fraction <= 1:
     raise ConfigError('lr_decay_fraction', config.lr_decay_fraction, 'must be in [0, 1]')
+  if not 0 <= config.ema_horizon <= 1:
+    raise ConfigError('ema_horizon', config.ema_horizon, 'must be in [0, 1]')
+
+
+def ema_decay(config: Config) -> float:
+  """The decay of D's moving average: --ema_decay, lowered where --ema_horizon asks for a
+  time constant 1/(1 - decay) of at most ema_horizon * num_steps."""
+  if not config.ema_horizon:
+    return config.ema_decay
+  return min(config.ema_decay, max(0.0, 1 - 1 / (config.ema_horizon * config.num_steps)))
 
 
 def check_divisible_by_devices(config: Config, num_devices: int) -> None:
@@ -209,9 +220,19 @@ def lr_decay_start(config: Config) -> int:
 
 def check_schedule_kept(saved: dict, config: Config, step: int) -> None:
   """Raises ConfigError if resuming at `step` with config's num_steps would give steps
-  already taken another learning rate than the checkpoint's run gave them."""
-  if (not config.lr_decay_fraction or saved.get('num_steps') is None
-      or saved['num_steps'] == config.num_steps):
+  already taken another learning rate than the checkpoint's run gave them, or change the
+  moving average's decay (which --ema_horizon ties to num_steps)."""
+  if saved.get('num_steps') is None or saved['num_steps'] == config.num_steps:
+    return
+  saved_decay = ema_decay(config.replace(num_steps=saved['num_steps']))
+  if ema_decay(config) != saved_decay:
+    raise ConfigError('num_steps', config.num_steps,
+                      f'the checkpoint (step {step}) averaged D with decay {saved_decay:.6g}, '
+                      f'fitted by --ema_horizon={config.ema_horizon} to '
+                      f'--num_steps={saved["num_steps"]}; another --num_steps would change the '
+                      f'decay mid-average; keep --num_steps={saved["num_steps"]} or use a new '
+                      '--workdir')
+  if not config.lr_decay_fraction:
     return
   before = lr_decay_start(config.replace(num_steps=saved['num_steps']))
   if step > min(before, lr_decay_start(config)):

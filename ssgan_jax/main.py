@@ -34,7 +34,7 @@ def settings_summary(config: config_lib.Config, workdir: str) -> str:
       f'label seed {config.label_seed}), {config.num_validation} held out for validation',
       f'model: {config.model}, {config.mode} ({gan}), {config.compute_dtype}',
       f'training: {config.num_steps} steps at batch {config.batch_size}, learning rate '
-      f'{config.learning_rate}, EMA {config.ema_decay}, seed {config.seed}',
+      f'{config.learning_rate}, EMA decay {config_lib.ema_decay(config):.6g}, seed {config.seed}',
       f'output: {workdir} (log every {config.log_every}, evaluate every {config.eval_every}, '
       f'checkpoint every {config.checkpoint_every} steps)'])
 

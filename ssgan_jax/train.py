@@ -20,8 +20,8 @@ with epy.lazy_imports():
 
 from ssgan_jax import (checkpointing, input_pipeline, kernels, losses, metrics_record, models,
                        multihost, parallel, plots, precision)
-from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, lr_decay_start,
-                             with_group_size)
+from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, ema_decay,
+                             lr_decay_start, with_group_size)
 
 AXIS = 'batch'
 # Per-step random streams: each folds the step key with its own id.
@@ -76,7 +76,7 @@ class Setup:
                # The reference Adam adds its epsilon inside the square root.
                optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
                                     eps=0.0, eps_root=1e-8),
-               ema=optax.ema(config.ema_decay, debias=True))
+               ema=optax.ema(ema_decay(config), debias=True))
 
   def eval_group_size(self) -> Optional[int]:
     """The examples D's minibatch features compare, in training and evaluation alike (the
@@ -151,7 +151,7 @@ def eval_disc_variables(setup: Setup, state: TrainState, which: str) -> dict:
   """D's variables with raw parameters, or with their bias-corrected moving average."""
   params = state.disc_params
   if which == 'ema' and int(state.disc_ema.count) > 0:
-    params = optax.tree.bias_correction(state.disc_ema.ema, setup.config.ema_decay,
+    params = optax.tree.bias_correction(state.disc_ema.ema, ema_decay(setup.config),
                                         state.disc_ema.count)
   return {'params': params, **state.disc_constants}
 

@@ -53,6 +53,23 @@ def test_gradient_algorithms_are_counted_at_xla_s_flops(tmp_path):
   assert len(flops) == 4 and len(set(flops.values())) == 1 and flops[xla_s] > 1e9
 
 
+def test_flop_count_matches_a_hand_count_of_one_layer():
+  """The count throughput reports (XLA's cost analysis of the compiled program) against
+  figures counted by hand: 2 FLOPs per multiply-add of the MLP's first layer and of an
+  unpadded 3x3 convolution of the SVHN model's size (30 x 30 outputs of 9 taps each)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+  x, w = jnp.ones((100, 784)), jnp.ones((784, 1000))
+  dense = jax.jit(jnp.matmul).lower(x, w).compile()
+  assert throughput.cost_per_step(dense)['flops'] == pytest.approx(2 * 100 * 784 * 1000, rel=0.01)
+  images, kernel = jnp.ones((8, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+  conv = jax.jit(lambda a, k: jax.lax.conv_general_dilated(
+      a, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).lower(images, kernel)
+  assert throughput.cost_per_step(conv.compile())['flops'] == pytest.approx(
+      2 * 8 * 30 * 30 * 64 * 64 * 9, rel=0.01)
+
+
 def test_torch_reference_is_timed_in_the_same_round_robin(tmp_path):
   result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', '--steps=1',
                       '--warmup=1', '--repeats=3', '--matmul_size=64', '--torch',

@@ -107,12 +107,47 @@ def test_supervised_steps_train_only_the_discriminator():
           < 0.5 * noiseless_losses(setup, batch, initial)['sup'])
 
 
-def test_ema_evaluation_is_bias_corrected():
-  setup, _, _, state, _ = train_on_fixed_batch(fixed_batch_config(mode='supervised'))
-  # After one step the corrected average is exactly the new parameters.
-  ema = train.eval_disc_variables(setup, state, 'ema')['params']
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               ema, state.disc_params)
+def test_ema_evaluation_is_the_bias_corrected_average_of_every_step():
+  """After many steps, the EMA evaluation uses sum_t (1 - d) d^(n - t) theta_t / (1 - d^n),
+  computed here from each step's parameters, and raw evaluation the last parameters: two
+  different sets of weights that give D different outputs."""
+  config = fixed_batch_config(mode='supervised', ema_decay=0.8)
+  setup = train.Setup.create(config, MNIST_INFO)
+  batch = fixed_batch(config)
+  step = jax.jit(lambda s, b: train.train_step(setup, s, b, axis_name=None))
+  state = train.create_train_state(setup, batch['unlabeled_images'])
+  history = []
+  for _ in range(12):
+    state, _ = step(state, batch)
+    history.append(state.disc_params)
+  d, n = config.ema_decay, len(history)
+  expected = jax.tree.map(
+      lambda *thetas: sum((1 - d) * d ** (n - 1 - t) * theta for t, theta in enumerate(thetas))
+      / (1 - d ** n), *history)
+  ema = train.eval_disc_variables(setup, state, 'ema')
+  raw = train.eval_disc_variables(setup, state, 'raw')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               ema['params'], expected)
+  jax.tree.map(np.testing.assert_array_equal, raw['params'], state.disc_params)
+  x = setup.family.scale_pixels(batch['labeled_images'])
+  ema_outputs, _ = setup.disc.apply(ema, x)
+  raw_outputs, _ = setup.disc.apply(raw, x)
+  assert np.max(np.abs(ema_outputs - raw_outputs)) > 1e-2
+
+
+def test_ema_horizon_fits_the_average_to_the_run():
+  short = Config(ema_decay=0.9999, ema_horizon=0.1, num_steps=6000)
+  assert config_lib.ema_decay(short) == pytest.approx(1 - 1 / 600)
+  # The full protocol's 180,000 steps keep the flagfile's decay; so does ema_horizon=0.
+  assert config_lib.ema_decay(short.replace(num_steps=180_000)) == 0.9999
+  assert config_lib.ema_decay(short.replace(ema_horizon=0.0)) == 0.9999
+  assert config_lib.ema_decay(short.replace(num_steps=5)) == 0.0  # the raw weights
+  setup = train.Setup.create(short, MNIST_INFO)
+  params = {'w': jnp.ones(2)}
+  _, ema_state = setup.ema.update(params, setup.ema.init(params))
+  np.testing.assert_allclose(ema_state.ema['w'], (1 / 600) * np.ones(2), rtol=1e-5)
+  with pytest.raises(config_lib.ConfigError, match='must be in'):
+    config_lib.validate(short.replace(ema_horizon=2.0))
 
 
 def conv_flagfile_config(flagfile: str, *extra_flags: str) -> Config:

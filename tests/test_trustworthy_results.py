@@ -50,6 +50,16 @@ def test_a_constant_rate_run_may_be_extended():
   config_lib.check_schedule_kept({'num_steps': 300}, Config(num_steps=900), 300)
 
 
+def test_a_resume_that_changes_the_fitted_average_is_refused():
+  """--ema_horizon ties the average's decay to --num_steps: extending would change it."""
+  with pytest.raises(ConfigError, match=r'^--num_steps=900: .*decay 0\.966667.*--ema_horizon=0\.1'):
+    config_lib.check_schedule_kept({'num_steps': 300}, Config(num_steps=900, ema_decay=0.999,
+                                                               ema_horizon=0.1), 300)
+  # Where the flagfile's decay is the shorter horizon at both lengths, nothing changes.
+  config_lib.check_schedule_kept({'num_steps': 300_000}, Config(num_steps=400_000,
+                                                                 ema_horizon=0.1), 300)
+
+
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   """A finished 4-step mock-data run, then the same command again: (workdir, summaries)."""

@@ -28,9 +28,11 @@ def tiny(flagfile: str, *args: str):
 
 
 def tiny_rings():
-  """The rings demo's config, shortened to 20 steps."""
-  return tiny('rings.flags', '--num_steps=20', '--eval_every=10', '--log_every=5',
-              '--checkpoint_every=10', '--sample_every=10')
+  """The rings demo's config, shortened to 400 steps: enough for the semi-supervised run to
+  learn the rings (95 % test accuracy on this project's CPU, against 59 % from the 4 labels
+  alone)."""
+  return tiny('rings.flags', '--num_steps=400', '--eval_every=200', '--log_every=50',
+              '--checkpoint_every=200', '--sample_every=200')
 
 
 @pytest.fixture(scope='module')
@@ -41,11 +43,12 @@ def rings_demo(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
-  """A tiny supervised digits run (no G to compile): a checkpoint of an image classifier."""
+  """A short supervised digits run (no G to compile): a checkpoint of an image classifier
+  that has learned (87 % test accuracy on this project's CPU)."""
   workdir = str(tmp_path_factory.mktemp('digits_run'))
-  config = tiny('digits.flags', '--mode=supervised', '--num_labeled=20', '--num_validation=50',
-                '--batch_size=20', '--num_steps=6', '--eval_every=6', '--log_every=3',
-                '--checkpoint_every=3')
+  config = tiny('digits.flags', '--mode=supervised', '--num_labeled=50', '--num_validation=50',
+                '--batch_size=50', '--num_steps=60', '--eval_every=60', '--log_every=20',
+                '--checkpoint_every=30')
   return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -64,8 +67,11 @@ def assert_not_blank(rgb: np.ndarray) -> None:
 def test_rings_demo_trains_both_modes_and_draws_both_boundaries(rings_demo):
   workdir, summaries = rings_demo
   assert set(summaries) == {'ssl', 'supervised'}
+  # Chance is 0.5; the unlabeled points, through the GAN, place the boundary.
+  assert summaries['ssl']['test_accuracy'] > 0.85
+  assert summaries['ssl']['test_accuracy'] > summaries['supervised']['test_accuracy'] + 0.2
   for mode, summary in summaries.items():
-    assert summary['step'] == 20 and 0 <= summary['test_accuracy'] <= 1
+    assert summary['step'] == 400
     assert_not_blank(read_png(os.path.join(workdir, mode, 'curves.png')))
   boundaries = read_png(os.path.join(workdir, 'decision_boundaries.png'))
   assert boundaries.shape == (500, 1100, 3)
@@ -74,9 +80,9 @@ def test_rings_demo_trains_both_modes_and_draws_both_boundaries(rings_demo):
   assert_not_blank(boundaries[:, 1000:])  # the colour scale
   # Generated points are drawn in G's runs only; pictures of samples likewise.
   assert sorted(os.listdir(os.path.join(workdir, 'ssl', 'samples'))) == [
-      'step_00000010.png', 'step_00000020.png']
+      'step_00000200.png', 'step_00000400.png']
   assert not os.path.exists(os.path.join(workdir, 'supervised', 'samples'))
-  assert read_png(os.path.join(workdir, 'ssl', 'samples', 'step_00000020.png')).shape == (
+  assert read_png(os.path.join(workdir, 'ssl', 'samples', 'step_00000400.png')).shape == (
       500, 500, 3)
 
 
@@ -90,8 +96,8 @@ def test_curves_label_both_axes_and_name_the_run_with_its_accuracies(rings_demo)
     loss_ax, acc_ax = fig.axes
     assert (loss_ax.get_ylabel(), acc_ax.get_ylabel()) == ('loss', 'accuracy')
     assert fig.get_suptitle() == (
-        f'a run: validation accuracy {100 * validation:.1f} % (step 20), '
-        f'test accuracy {100 * summaries["ssl"]["test_accuracy"]:.1f} % (step 20)')
+        f'a run: validation accuracy {100 * validation:.1f} % (step 400), '
+        f'test accuracy {100 * summaries["ssl"]["test_accuracy"]:.1f} % (step 400)')
     assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
         'train_accuracy', 'validation_accuracy', 'test_accuracy']
   finally:
@@ -167,25 +173,27 @@ def test_samples_and_curves_also_go_to_tensorboard(rings_demo):
 def test_evaluate_matches_training_and_writes_json_and_confusion_png(digits_run):
   workdir, summary = digits_run
   result = evaluate.evaluate(workdir)
-  assert result['step'] == 6 and result['num_test'] == 497
+  assert result['step'] == 60 and result['num_test'] == 497
+  assert result['test_accuracy_ema'] > 0.5  # chance: 0.1
   assert result['test_accuracy_ema'] == pytest.approx(summary['test_accuracy'])
   assert result['test_accuracy_raw'] == pytest.approx(summary['test_accuracy_raw'])
   confusion = np.asarray(result['confusion_matrix_ema'])
   assert confusion.shape == (10, 10) and confusion.sum() == 497
   assert np.trace(confusion) / 497 == pytest.approx(result['test_accuracy_ema'])
-  saved = json.loads(pathlib.Path(workdir, 'evaluation', 'step_6.json').read_text())
+  saved = json.loads(pathlib.Path(workdir, 'evaluation', 'step_60.json').read_text())
   assert result['saved_in'] == os.path.join(workdir, 'evaluation')
   assert saved == {k: v for k, v in result.items() if k != 'saved_in'}
-  assert_not_blank(read_png(os.path.join(workdir, 'evaluation', 'confusion_step_6.png')))
+  assert_not_blank(read_png(os.path.join(workdir, 'evaluation', 'confusion_step_60.png')))
   text = evaluate.report(result)
   assert f"{100 * result['test_accuracy_ema']:.2f} % (EMA)" in text
 
 
 def test_evaluate_refuses_a_missing_step_or_workdir(digits_run, tmp_path):
   workdir, _ = digits_run
-  assert trained.load(workdir, step=3).step == 3
-  with pytest.raises(ConfigError, match=re.escape(f'--step=4: no checkpoint; {workdir} has steps 3, 6')):
-    trained.load(workdir, step=4)
+  assert trained.load(workdir, step=30).step == 30
+  with pytest.raises(ConfigError,
+                     match=re.escape(f'--step=40: no checkpoint; {workdir} has steps 30, 60')):
+    trained.load(workdir, step=40)
   with pytest.raises(ConfigError, match='has no checkpoints/; train there first'):
     trained.load(str(tmp_path / 'empty'))
   assert not (tmp_path / 'empty').exists()

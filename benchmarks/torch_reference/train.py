@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import losses, models
-from ssgan_jax.config import Config, ConfigError
+from ssgan_jax.config import Config, ConfigError, ema_decay
 
 # Images for the data-dependent init, as ssgan_jax.train.INIT_BATCH_SIZE (not imported: that
 # module needs TensorFlow for its metric writers, and this one should run without it).
@@ -97,7 +97,7 @@ IMPLEMENTED = {
 OTHER_FIELDS = frozenset({
     'unsup_weight', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed', 'batch_size',
     'eval_batch_size', 'num_steps', 'learning_rate', 'adam_beta1', 'lr_decay_fraction',
-    'ema_decay', 'eval_params', 'dataset', 'data_dir', 'num_labeled', 'label_seed',
+    'ema_decay', 'ema_horizon', 'eval_params', 'dataset', 'data_dir', 'num_labeled', 'label_seed',
     'label_selection', 'num_validation', 'parallel', 'conv_transpose', 'conv_input_gradient',
     'conv_kernel_gradient', 'steps_per_dispatch', 'data_on_device', 'donate_state',
     'checkpoint_every', 'keep_checkpoints', 'eval_every', 'log_every', 'sample_every', 'quiet',
@@ -169,7 +169,7 @@ class TorchTrainer:
     init_images = self._to_input(init_images_uint8[:INIT_BATCH_SIZE])
     models.data_dependent_init(self.disc, init_images)  # in train mode: noise on
     self.disc_opt = Adam(self.disc.parameters(), schedule, config.adam_beta1)
-    self.ema = Ema(dict(self.disc.named_parameters()), config.ema_decay)
+    self.ema = Ema(dict(self.disc.named_parameters()), ema_decay(config))
     self.eval_disc = copy.deepcopy(self.disc).eval()
     self.gen = self.gen_opt = None
     if self.ssl:
