@@ -75,6 +75,24 @@ def test_rerun_with_more_steps_resumes_and_keeps_the_newest_checkpoints(trained,
   assert sorted(p.name for p in (resumed / 'checkpoints').iterdir()) == ['6', '9']
 
 
+def test_a_truncated_checkpoint_is_refused_in_one_line_and_left_as_it_is(trained, mnist_data_dir,
+                                                                          tmp_path):
+  workdir, first = trained
+  assert first.returncode == 0
+  damaged = tmp_path / 'damaged'
+  subprocess.run(['cp', '-r', str(workdir), str(damaged)], check=True)
+  state = damaged / 'checkpoints' / '6' / 'state'
+  largest = max((p for p in state.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+  before = listing(damaged)
+  result = run_main(f'--data_dir={mnist_data_dir}', f'--workdir={damaged}')
+  assert result.returncode == 2
+  [line] = error_lines(result)
+  assert f'checkpoint {damaged}/checkpoints/6 cannot be read' in line
+  assert 'Traceback' not in result.stderr and 'Event loop is closed' not in result.stderr
+  assert listing(damaged) == before
+
+
 @pytest.mark.parametrize('args,expected', [
     (['--unsup_loss=bogus'], '--unsup_loss=bogus: allowed: salimans, kplus1, two_head'),
     (['--gen_loss=adversarial'], '--gen_loss=adversarial: allowed: '),
@@ -103,6 +121,13 @@ def test_bad_flags_exit_2_with_one_line(args, expected, tmp_path):
     (['--num_labeled=60000'], '--num_labeled=60000: at most 59800'),
     (['--model=conv_small'], '--model=conv_small: makes 32x32 images'),
     (['--batch_size=10'], '--batch_size=10: must be a multiple of the device count (4)'),
+    # Refused before anything is loaded, not killed for memory.
+    (['--batch_size=1000000000'], '--batch_size=1000000000: needs at least'),
+    (['--dataset=mn ist!'], '--dataset=mn ist!: not a TFDS dataset name'),
+    (['--dataset=mnist:9.9.9'], '--dataset=mnist:9.9.9: Dataset mnist cannot be loaded at version'),
+    # Bytes that are not UTF-8, as a shell's $'\xff' passes them.
+    ([os.fsdecode(b'--dataset=\xff')], r'--dataset=\xff: must be UTF-8 text'),
+    ([os.fsdecode(b'--workdir=/tmp/run\xff')], r'--workdir=/tmp/run\xff: must be UTF-8 text'),
 ])
 def test_bad_settings_for_the_data_or_devices_exit_2(args, expected, tmp_path, mnist_data_dir):
   workdir = tmp_path / 'run'

@@ -1,6 +1,10 @@
 """The PyTorch reference against the Flax models, losses and train step, weights copied across."""
 import dataclasses
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,7 +16,9 @@ from benchmarks.torch_reference import convert, losses as torch_losses, models a
 from benchmarks.torch_reference import train as torch_train
 from ssgan_jax import input_pipeline, losses, models, train
 from ssgan_jax.config import Config
+from conftest import default_optimization_env
 
+TESTS = pathlib.Path(__file__).resolve().parent
 SHAPES = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'resnet18': (64, 64, 3)}
 BATCH = {'mlp': 16, 'conv_small': 4, 'resnet18': 4}
 
@@ -214,15 +220,17 @@ def test_adam_and_ema_match_optax():
 SMOOTH_EPS_ROOT = 1.0
 
 
-@pytest.mark.parametrize('family,mode,unsup_loss,gen_loss', [
+TRAIN_STEP_CASES = [
     ('mlp', 'ssl', 'salimans', 'both'), ('mlp', 'ssl', 'kplus1', 'nonsaturating'),
     ('conv_small', 'ssl', 'salimans', 'feature_matching'),
     ('mlp', 'supervised', 'salimans', 'feature_matching'),
     ('resnet18', 'ssl', 'salimans', 'nonsaturating'),
-    ('resnet18', 'supervised', 'salimans', 'feature_matching')])
-def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
-  """One D step (and in ssl mode one G step) from the same state and latents gives the same
-  parameters and losses."""
+    ('resnet18', 'supervised', 'salimans', 'feature_matching')]
+
+
+def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str):
+  """One jitted JAX train step from a fixed state and batch, with SMOOTH_EPS_ROOT's Adam:
+  (setup, state before, batch, state after, metrics)."""
   setup = jax_setup(family, unsup_loss)
   setup = dataclasses.replace(setup, config=setup.config.replace(
       mode=mode, gen_loss=gen_loss, feature_norm='l1' if family != 'mlp' else 'l2'))
@@ -231,25 +239,67 @@ def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
       eps_root=SMOOTH_EPS_ROOT))
   b = BATCH[family]
   state = train.create_train_state(setup, random_images(family, 32, seed=0))
+  images = random_images(family, 3 * b, seed=1)
+  batch = {'labeled_images': images[:b], 'labels': np.arange(b) % 10,
+           'unlabeled_images': images[b:2 * b], 'unlabeled_images_gen': images[2 * b:]}
+  after, metrics = jax.jit(functools.partial(train.train_step, setup, axis_name=None))(
+      state, batch)
+  return setup, state, batch, after, metrics
+
+
+@pytest.mark.parametrize('family,mode,unsup_loss,gen_loss', TRAIN_STEP_CASES)
+def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
+  """One D step (and in ssl mode one G step) from the same state and latents gives the same
+  parameters and losses."""
+  setup, state, batch, after, metrics = jax_train_step(family, mode, unsup_loss, gen_loss)
   trainer = torch_trainer(setup, state)
   for optimizer in filter(None, (trainer.disc_opt, trainer.gen_opt)):
     for group in optimizer.param_groups:
       group['eps_root'] = SMOOTH_EPS_ROOT
-  images = random_images(family, 3 * b, seed=1)
-  batch = {'labeled_images': images[:b], 'labels': np.arange(b) % 10,
-           'unlabeled_images': images[b:2 * b], 'unlabeled_images_gen': images[2 * b:]}
+  b = BATCH[family]
   # The latents train_step draws at step 0 (the streams' ids are train's constants).
   step_key = jax.random.fold_in(jax.random.key(setup.config.seed), 0)
   latents = [models.sample_latent(train.example_keys(step_key, stream, b, None))
              for stream in (train._DISC_LATENT, train._GEN_LATENT)]
-  state, metrics = jax.jit(functools.partial(train.train_step, setup, axis_name=None))(
-      state, batch)
   torch_metrics = trainer.train_step(batch, latents=latents)
   for name, value in metrics.items():
     # Gradient norms differ more than losses: the kinks above, where roundoff picks a side.
     assert_close(torch_metrics[name], value, 1e-3 if 'grad_norm' in name else 1e-5)
 
-  expected = torch_trainer(setup, state)
+  expected = torch_trainer(setup, after)
   for module, expected_module in ((trainer.disc, expected.disc), (trainer.gen, expected.gen)):
     for name, value in (expected_module.state_dict() if expected_module else {}).items():
       assert_close(module.state_dict()[name], value, 1e-4)
+
+
+def train_step_outputs(cases) -> dict:
+  """The metrics and new D and G parameters of jax_train_step for each case, flat by name."""
+  outputs = {}
+  for case in cases:
+    _, _, _, after, metrics = jax_train_step(*case)
+    tree = {'metrics': metrics, 'disc': after.disc_params, 'gen': after.gen_params}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      outputs['/'.join(case) + jax.tree_util.keystr(path)] = np.asarray(leaf)
+  return outputs
+
+
+# The cases compiled at XLA's default level as well: one per model family.
+LEVEL_CASES = [TRAIN_STEP_CASES[0], TRAIN_STEP_CASES[2], TRAIN_STEP_CASES[4]]
+
+
+def test_train_steps_give_the_same_numbers_at_xla_s_default_optimisation_level(tmp_path):
+  """The comparisons above compile JAX at the tests' fast level; users run XLA's default.
+  One step of each model family at the default level (a subprocess) gives what it gives here,
+  so the equivalence holds for the programs users run."""
+  path = tmp_path / 'default_level.npz'
+  result = subprocess.run([sys.executable, '-c', 'import sys, numpy, test_torch_reference as t; '
+                           'numpy.savez(sys.argv[1], **t.train_step_outputs(t.LEVEL_CASES))',
+                           str(path)], capture_output=True, text=True, timeout=600,
+                          cwd=TESTS, env={**os.environ, **default_optimization_env(),
+                                          'PYTHONPATH': str(TESTS.parent)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  default_level = np.load(path)
+  here = train_step_outputs(LEVEL_CASES)
+  assert sorted(default_level.files) == sorted(here)
+  for name, value in here.items():
+    np.testing.assert_allclose(default_level[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
