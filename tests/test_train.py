@@ -148,6 +148,10 @@ def test_ema_horizon_fits_the_average_to_the_run():
   np.testing.assert_allclose(ema_state.ema['w'], (1 / 600) * np.ones(2), rtol=1e-5)
   with pytest.raises(config_lib.ConfigError, match='must be in'):
     config_lib.validate(short.replace(ema_horizon=2.0))
+  # The flagfiles' full protocols average as the reference does.
+  for flagfile in ('mnist', 'svhn', 'cifar10'):
+    config, _ = ssgan_main.parse_config([f'--flagfile={REPO / "experiments" / flagfile}.flags'])
+    assert config.ema_horizon and config_lib.ema_decay(config) == config.ema_decay == 0.9999
 
 
 def conv_flagfile_config(flagfile: str, *extra_flags: str) -> Config:
