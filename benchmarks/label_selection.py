@@ -50,8 +50,8 @@ def run(dataset: str, selection: str, label_seed: int, steps: int, workdir: str)
 
 def markdown(record: dict) -> str:
   rows = ['| dataset | labels | steps | selection | test accuracy (EMA), mean ± std over seeds '
-          '(--label_seed = --seed) | per seed | wall s (mean) |',
-          '|---|---|---|---|---|---|---|']
+          '(--label_seed = --seed) | per seed | test accuracy (raw) | wall s (mean) |',
+          '|---|---|---|---|---|---|---|---|']
   groups = {}
   for r in record['runs']:
     groups.setdefault((r['dataset'], r['selection']), []).append(r)
@@ -60,6 +60,7 @@ def markdown(record: dict) -> str:
     rows.append(f"| {dataset} | {runs[0]['num_labeled']} | {runs[0]['num_steps']} | {selection} | "
                 f"{mean_std(acc)} | "
                 + ', '.join(f'{a:.2f}' for a in acc)
+                + f" | {mean_std(100 * np.array([r['test_accuracy_raw'] for r in runs]))}"
                 + f" | {np.mean([r['wall_seconds'] for r in runs]):.0f} |")
   return '\n'.join(rows) + '\n'
 
