@@ -102,7 +102,7 @@ RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
     'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_input_gradient',
-    'conv_kernel_gradient', 'matmul_precision',
+    'conv_kernel_gradient', 'matmul_precision', 'ema_horizon',
     'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
@@ -220,19 +220,21 @@ def lr_decay_start(config: Config) -> int:
 
 def check_schedule_kept(saved: dict, config: Config, step: int) -> None:
   """Raises ConfigError if resuming at `step` with config's num_steps would give steps
-  already taken another learning rate than the checkpoint's run gave them, or change the
-  moving average's decay (which --ema_horizon ties to num_steps)."""
-  if saved.get('num_steps') is None or saved['num_steps'] == config.num_steps:
+  already taken another learning rate than the checkpoint's run gave them, or if config's
+  num_steps or ema_horizon would change the moving average's decay (ema_decay) mid-average."""
+  if saved.get('num_steps') is None:
     return
-  saved_decay = ema_decay(config.replace(num_steps=saved['num_steps']))
+  saved_horizon = saved.get('ema_horizon', 0.0)  # checkpoints from before the flag had none
+  saved_decay = ema_decay(config.replace(num_steps=saved['num_steps'], ema_horizon=saved_horizon))
   if ema_decay(config) != saved_decay:
-    raise ConfigError('num_steps', config.num_steps,
-                      f'the checkpoint (step {step}) averaged D with decay {saved_decay:.6g}, '
-                      f'fitted by --ema_horizon={config.ema_horizon} to '
-                      f'--num_steps={saved["num_steps"]}; another --num_steps would change the '
-                      f'decay mid-average; keep --num_steps={saved["num_steps"]} or use a new '
-                      '--workdir')
-  if not config.lr_decay_fraction:
+    name, kept = (('ema_horizon', saved_horizon) if saved_horizon != config.ema_horizon
+                  else ('num_steps', saved['num_steps']))
+    raise ConfigError(name, getattr(config, name),
+                      f'the checkpoint (step {step}) averaged D with decay {saved_decay:.6g} '
+                      f'(--num_steps={saved["num_steps"]}, --ema_horizon={saved_horizon}); '
+                      f'this would change the decay mid-average; keep --{name}={kept} or use '
+                      'a new --workdir')
+  if not config.lr_decay_fraction or saved['num_steps'] == config.num_steps:
     return
   before = lr_decay_start(config.replace(num_steps=saved['num_steps']))
   if step > min(before, lr_decay_start(config)):

@@ -51,11 +51,16 @@ def test_a_constant_rate_run_may_be_extended():
 
 
 def test_a_resume_that_changes_the_fitted_average_is_refused():
-  """--ema_horizon ties the average's decay to --num_steps: extending would change it."""
-  with pytest.raises(ConfigError, match=r'^--num_steps=900: .*decay 0\.966667.*--ema_horizon=0\.1'):
-    config_lib.check_schedule_kept({'num_steps': 300}, Config(num_steps=900, ema_decay=0.999,
-                                                               ema_horizon=0.1), 300)
-  # Where the flagfile's decay is the shorter horizon at both lengths, nothing changes.
+  """--ema_horizon ties the average's decay to --num_steps: a resume may change either only
+  where the decay stays the same."""
+  fitted = Config(num_steps=900, ema_decay=0.999, ema_horizon=0.1)
+  with pytest.raises(ConfigError, match=r'^--num_steps=900: .*decay 0\.966667 '
+                     r'\(--num_steps=300, --ema_horizon=0\.1\).*keep --num_steps=300'):
+    config_lib.check_schedule_kept({'num_steps': 300, 'ema_horizon': 0.1}, fitted, 300)
+  with pytest.raises(ConfigError, match=r'^--ema_horizon=0\.1: .*keep --ema_horizon=0\.0'):
+    config_lib.check_schedule_kept({'num_steps': 900}, fitted, 300)
+  # Where --ema_decay is the shorter horizon either way, nothing changes: a run saved before
+  # the flag existed resumes with the flagfile's --ema_horizon, and may be extended.
   config_lib.check_schedule_kept({'num_steps': 300_000}, Config(num_steps=400_000,
                                                                  ema_horizon=0.1), 300)
 
