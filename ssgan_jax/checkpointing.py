@@ -131,13 +131,13 @@ def _dropping_closed_loop_errors(hook):
 def _quiet_unfinished_reads():
   """When one read of a damaged checkpoint fails, Orbax closes its event loop while
   TensorStore's other reads are in flight; each then reports 'Event loop is closed' as it
-  ends. Those reports are dropped for the rest of the process: the failed read is what
-  matters, and it is raised."""
-  try:
-    yield
-  except Exception:
-    sys.unraisablehook = _dropping_closed_loop_errors(sys.unraisablehook)
-    raise
+  ends, possibly before the failure reaches this frame. Those reports are dropped from the
+  start of the restore and, if it fails, for the rest of the process: the failed read is
+  what matters, and it is raised."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = _dropping_closed_loop_errors(hook)
+  yield
+  sys.unraisablehook = hook
 
 
 def write_dataset_info(workdir: str, info: Any) -> None:
