@@ -35,6 +35,10 @@ VARIANTS = {
     'historical_averaging': ('ssl', ['--historical_averaging=0.001']),
     'one_sided_label_smoothing': ('ssl', ['--one_sided_label_smoothing=0.9']),
     'minibatch_discrimination': ('ssl', ['--minibatch_kernels=100']),
+    # Choices that shape the early game, where D wins at once (see docs/mnist100.md).
+    'unsup_weight_0.5': ('ssl', ['--unsup_weight=0.5']),
+    'learning_rate_0.001': ('ssl', ['--learning_rate=0.001']),
+    'ema_0.9999': ('ssl', ['--ema_horizon=0', '--ema_decay=0.9999']),
     'supervised_only': ('supervised', []),
 }
 BASELINE = 'salimans'

@@ -8,6 +8,10 @@ batch-dependent similarities). Randomness
 the same noise however it is split over devices; `example_keys=None` is the
 deterministic network used for evaluation.
 
+Every module computes in its `dtype` (Flax's convention: float32 parameters, inputs and
+kernels cast to `dtype`; --compute_dtype=bfloat16 sets it); discriminators and generators
+return float32, so that losses and the other player's inputs are float32.
+
 Every weight-normalised layer is w = g * v / ||v|| plus a bias, with g and the bias
 chosen at init from the init batch so the layer's outputs start with zero mean and
 unit variance (data-dependent init, Salimans & Kingma 2016). As in the reference code,
@@ -46,6 +50,7 @@ class ScaleBias(nn.Module):
   init_scale: float = 1.0
   trainable_scale: bool = False
   data_init: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, y):
@@ -61,7 +66,7 @@ class ScaleBias(nn.Module):
       scale = self.param('scale', scale_init)
     else:
       scale = self.variable('constants', 'scale', scale_init).value
-    return y * scale + self.param('bias', bias_init)
+    return (y * scale + self.param('bias', bias_init)).astype(self.dtype)
 
 
 def unit_columns(v: jax.Array) -> jax.Array:
@@ -81,16 +86,12 @@ class Dense(nn.Module):
   path of `nn.Dense`, so a weight-normalised layer's parameters read `Dense_0/kernel`."""
   features: int
   kernel_init: Callable
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return x @ unit_columns(self.param('kernel', self.kernel_init, (x.shape[-1], self.features)))
-
-
-def _in_dtype(dtype, x, kernel):
-  """(x, kernel) in `dtype` (None: the kernel in x's dtype)."""
-  dtype = dtype or x.dtype
-  return x.astype(dtype), kernel.astype(dtype)
+    kernel = unit_columns(self.param('kernel', self.kernel_init, (x.shape[-1], self.features)))
+    return x.astype(self.dtype) @ kernel.astype(self.dtype)
 
 
 class Conv(nn.Module):
@@ -104,15 +105,15 @@ class Conv(nn.Module):
   algorithms: KernelChoices
   unit_norm: bool = False
   kernel_init: Callable = _CONV_V_INIT
-  dtype: Optional[Any] = None  # the dtype inputs and kernel compute in; None: the input's
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    x, kernel = _in_dtype(self.dtype, x, kernel)
-    return kernels.conv(x, unit_columns(kernel) if self.unit_norm else kernel,
-                             self.stride, self.padding, self.algorithms)
+    kernel = unit_columns(kernel) if self.unit_norm else kernel
+    return kernels.conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                        self.padding, self.algorithms)
 
 
 class ConvTranspose(nn.Module):
@@ -125,15 +126,15 @@ class ConvTranspose(nn.Module):
   algorithms: KernelChoices
   kernel_init: Callable = _CONV_V_INIT
   unit_norm: bool = False
-  dtype: Optional[Any] = None  # the dtype inputs and kernel compute in; None: the input's
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    x, kernel = _in_dtype(self.dtype, x, kernel)
-    return kernels.conv_transpose_same(
-        x, unit_columns(kernel) if self.unit_norm else kernel, self.stride, self.algorithms)
+    kernel = unit_columns(kernel) if self.unit_norm else kernel
+    return kernels.conv_transpose_same(x.astype(self.dtype), kernel.astype(self.dtype),
+                                       self.stride, self.algorithms)
 
 
 class WNDense(nn.Module):
@@ -142,11 +143,12 @@ class WNDense(nn.Module):
   trainable_scale: bool = False
   data_init: bool = True
   v_init: Callable = _MLP_V_INIT
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    y = Dense(self.features, self.v_init)(x)
-    return ScaleBias(self.init_scale, self.trainable_scale, self.data_init)(y)
+    y = Dense(self.features, self.v_init, self.dtype)(x)
+    return ScaleBias(self.init_scale, self.trainable_scale, self.data_init, self.dtype)(y)
 
 
 class WNConv(nn.Module):
@@ -159,16 +161,17 @@ class WNConv(nn.Module):
   transpose: bool = False
   init_scale: float = 1.0
   trainable_scale: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if self.transpose:
       layer = ConvTranspose(self.features, self.kernel, self.stride, self.algorithms,
-                            unit_norm=True)
+                            unit_norm=True, dtype=self.dtype)
     else:
       layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms,
-                   unit_norm=True)
-    return ScaleBias(self.init_scale, self.trainable_scale)(layer(x))
+                   unit_norm=True, dtype=self.dtype)
+    return ScaleBias(self.init_scale, self.trainable_scale, dtype=self.dtype)(layer(x))
 
 
 @dataclasses.dataclass
@@ -239,6 +242,7 @@ class MinibatchDiscrimination(nn.Module):
   """
   num_kernels: int
   kernel_dim: int = 5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxF, group_size: Optional[int] = None):
@@ -246,7 +250,7 @@ class MinibatchDiscrimination(nn.Module):
     group_size = group_size or b
     if b % group_size:
       raise ValueError(f'a batch of {b} is not whole groups of {group_size}')
-    dense = Dense(self.num_kernels * self.kernel_dim, _MINIBATCH_V_INIT)
+    dense = Dense(self.num_kernels * self.kernel_dim, _MINIBATCH_V_INIT, self.dtype)
     m_BxKxC = dense(x_BxF).reshape(b, self.num_kernels, self.kernel_dim)
     # Initialisers run only in `init`, on the init batch.
     log_scale_KxC = self.param('log_scale', lambda *_: jnp.broadcast_to(
@@ -255,7 +259,7 @@ class MinibatchDiscrimination(nn.Module):
         b // group_size, group_size, *m_BxKxC.shape[1:])
     o_BxK = jax.vmap(minibatch_similarity)(m_GxNxKxC).reshape(b, self.num_kernels)
     o_BxK = o_BxK + self.param('bias', lambda *_: -jnp.mean(o_BxK, axis=0))
-    return jnp.concatenate([x_BxF, o_BxK], axis=-1)
+    return jnp.concatenate([x_BxF, o_BxK], axis=-1).astype(self.dtype)
 
 
 class MlpDiscriminator(nn.Module):
@@ -269,19 +273,23 @@ class MlpDiscriminator(nn.Module):
   hidden_noise: float = 0.5
   minibatch_kernels: int = 0
   minibatch_kernel_dim: int = 5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images_BxHxWxC, example_keys=None,
                group_size: Optional[int] = None):
     noise = ExampleNoise(example_keys)
-    h = noise.gaussian(images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1), self.input_noise)
+    h = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1).astype(self.dtype)
+    h = noise.gaussian(h, self.input_noise)
     for width in self.hidden:
-      h = nn.relu(WNDense(width)(h))
+      h = nn.relu(WNDense(width, dtype=self.dtype)(h))
       features_BxF = h
       h = noise.gaussian(h, self.hidden_noise)
     if self.minibatch_kernels:
-      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, group_size)
-    return WNDense(self.num_outputs, trainable_scale=True)(h), features_BxF
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim,
+                                  self.dtype)(h, group_size)
+    return as_float32(WNDense(self.num_outputs, trainable_scale=True, dtype=self.dtype)(h),
+                    features_BxF)
 
 
 class MlpGenerator(nn.Module):
@@ -290,20 +298,19 @@ class MlpGenerator(nn.Module):
   hidden: Sequence[int] = (500, 500)
   axis_name: Optional[str] = None
   output_activation: Callable = nn.sigmoid
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z_BxZ):
     h = z_BxZ
     for width in self.hidden:
-      h = nn.Dense(width, use_bias=False, kernel_init=_MLP_GEN_INIT)(h)
+      h = nn.Dense(width, use_bias=False, kernel_init=_MLP_GEN_INIT, dtype=self.dtype)(h)
       h = nn.softplus(nn.BatchNorm(use_running_average=False, use_scale=False,
-                                   axis_name=self.axis_name)(h))
-    size = 1
-    for d in self.image_shape:
-      size *= d
-    pixels = self.output_activation(WNDense(size, trainable_scale=True, data_init=False,
-                                            v_init=_MLP_GEN_INIT)(h))
-    return pixels.reshape((z_BxZ.shape[0], *self.image_shape))
+                                   axis_name=self.axis_name, dtype=self.dtype)(h))
+    pixels = self.output_activation(WNDense(math.prod(self.image_shape), trainable_scale=True,
+                                            data_init=False, v_init=_MLP_GEN_INIT,
+                                            dtype=self.dtype)(h))
+    return as_float32(pixels.reshape((z_BxZ.shape[0], *self.image_shape)))
 
 
 class ConvDiscriminator(nn.Module):
@@ -318,6 +325,7 @@ class ConvDiscriminator(nn.Module):
   hidden_dropout: float = 0.5
   minibatch_kernels: int = 0
   minibatch_kernel_dim: int = 5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images_BxHxWxC, example_keys=None,
@@ -325,8 +333,8 @@ class ConvDiscriminator(nn.Module):
     noise = ExampleNoise(example_keys, self.algorithms)
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
-    h = noise.dropout(images_BxHxWxC, self.input_dropout)
-    conv = functools.partial(WNConv, algorithms=self.algorithms)
+    h = noise.dropout(images_BxHxWxC.astype(self.dtype), self.input_dropout)
+    conv = functools.partial(WNConv, algorithms=self.algorithms, dtype=self.dtype)
     for width in (narrow, wide):
       h = lrelu(conv(width)(h))
       h = lrelu(conv(width)(h))
@@ -337,10 +345,11 @@ class ConvDiscriminator(nn.Module):
     h = lrelu(conv(wide, kernel=1)(h))
     features_BxF = h = jnp.mean(h, axis=(1, 2))
     if self.minibatch_kernels:
-      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(h, group_size)
+      h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim,
+                                  self.dtype)(h, group_size)
     logits = WNDense(self.num_outputs, init_scale=0.1, trainable_scale=True,
-                     v_init=_CONV_V_INIT)(h)
-    return logits, features_BxF
+                     v_init=_CONV_V_INIT, dtype=self.dtype)(h)
+    return as_float32(logits, features_BxF)
 
 
 class ConvGenerator(nn.Module):
@@ -348,17 +357,27 @@ class ConvGenerator(nn.Module):
   image_shape: Sequence[int]
   algorithms: KernelChoices = KernelChoices()
   axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z_BxZ):
     norm_relu = lambda x: nn.relu(nn.BatchNorm(
-        use_running_average=False, use_scale=False, axis_name=self.axis_name)(x))
-    h = norm_relu(nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=_CONV_V_INIT)(z_BxZ))
+        use_running_average=False, use_scale=False, axis_name=self.axis_name,
+        dtype=self.dtype)(x))
+    h = norm_relu(nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=_CONV_V_INIT,
+                           dtype=self.dtype)(z_BxZ))
     h = h.reshape((-1, 4, 4, 512))
     for width in (256, 128):
-      h = norm_relu(ConvTranspose(width, 5, 2, self.algorithms)(h))
-    return jnp.tanh(WNConv(self.image_shape[-1], self.algorithms, kernel=5, stride=2,
-                           transpose=True, init_scale=0.1, trainable_scale=True)(h))
+      h = norm_relu(ConvTranspose(width, 5, 2, self.algorithms, dtype=self.dtype)(h))
+    return as_float32(jnp.tanh(WNConv(self.image_shape[-1], self.algorithms, kernel=5, stride=2,
+                                    transpose=True, init_scale=0.1, trainable_scale=True,
+                                    dtype=self.dtype)(h)))
+
+
+def as_float32(*outputs):
+  """A network's outputs in float32, whatever dtype it computed in (one array: unpacked)."""
+  cast = tuple(x.astype(jnp.float32) for x in outputs)
+  return cast[0] if len(cast) == 1 else cast
 
 
 @dataclasses.dataclass(frozen=True)

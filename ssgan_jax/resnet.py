@@ -143,11 +143,11 @@ class ResNet18Discriminator(nn.Module):
                        self.dtype)(x, group_size, stats_groups)
     features_BxF = h = jnp.mean(x, axis=(1, 2))
     if self.minibatch_kernels:
-      h = models.MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(
-          h, group_size)
+      h = models.MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim,
+                                         self.dtype)(h, group_size)
     outputs = nn.Dense(self.num_outputs, kernel_init=_DENSE_INIT,
                        bias_init=_dense_bias_init(h.shape[-1]), dtype=self.dtype)(h)
-    return outputs, features_BxF
+    return models.as_float32(outputs, features_BxF)
 
 
 def _dense_bias_init(fan_in: int):
@@ -187,5 +187,5 @@ class DcganGenerator(nn.Module):
     for width in widths[1:]:
       h = norm_relu(models.ConvTranspose(width, 5, 2, self.algorithms, _GEN_INIT,
                                                  dtype=self.dtype)(h))
-    return jnp.tanh(models.ConvTranspose(self.image_shape[-1], 5, 2, self.algorithms,
-                                         _GEN_INIT, dtype=self.dtype)(h))
+    return models.as_float32(jnp.tanh(models.ConvTranspose(
+        self.image_shape[-1], 5, 2, self.algorithms, _GEN_INIT, dtype=self.dtype)(h)))

@@ -19,7 +19,7 @@ with epy.lazy_imports():
   from clu import parameter_overview
 
 from ssgan_jax import (checkpointing, input_pipeline, kernels, losses, metrics_record, models,
-                       multihost, parallel, plots, precision)
+                       multihost, parallel, plots)
 from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, ema_decay,
                              lr_decay_start, with_group_size)
 
@@ -64,15 +64,15 @@ class Setup:
 
   @classmethod
   def create(cls, config: Config, info: input_pipeline.DatasetInfo) -> 'Setup':
-    family = precision.with_compute_dtype(models.MODEL_FAMILIES[config.model],
-                                          config.compute_dtype)
+    family = models.MODEL_FAMILIES[config.model]
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
                disc=family.discriminator(info.num_classes + head.extra_outputs,
                                          kernel_choices(config)).clone(
                    minibatch_kernels=config.minibatch_kernels,
-                   minibatch_kernel_dim=config.minibatch_kernel_dim),
+                   minibatch_kernel_dim=config.minibatch_kernel_dim,
+                   dtype=jnp.dtype(config.compute_dtype)),
                # The reference Adam adds its epsilon inside the square root.
                optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
                                     eps=0.0, eps_root=1e-8),
@@ -87,7 +87,8 @@ class Setup:
     return self.config.minibatch_group_size or self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name, kernel_choices(self.config))
+    return self.family.generator(self.image_shape, axis_name, kernel_choices(self.config)).clone(
+        dtype=jnp.dtype(self.config.compute_dtype))
 
 
 def kernel_choices(config: Config) -> kernels.KernelChoices:
@@ -129,13 +130,14 @@ def _initial_state(setup: Setup, init_images_uint8: jax.Array) -> TrainState:
   keys = functools.partial(example_keys, init_key, batch_size=len(init_images_uint8),
                            axis_name=None)
   disc_key, gen_key = jax.random.split(init_key)
-  disc_variables = setup.disc.init(disc_key, setup.family.scale_pixels(init_images_uint8),
-                                   keys(_UNLABELED_NOISE))
+  # In float32 whatever the compute dtype: a bfloat16 run starts from the float32 run's weights.
+  disc_variables = setup.disc.clone(dtype=jnp.float32).init(
+      disc_key, setup.family.scale_pixels(init_images_uint8), keys(_UNLABELED_NOISE))
   disc_params = disc_variables.pop('params')
   gen_params = gen_batch_stats = gen_opt_state = None
   if config.mode == 'ssl':
-    gen_variables = setup.generator(None).init(gen_key,
-                                               models.sample_latent(keys(_DISC_LATENT)))
+    gen_variables = setup.generator(None).clone(dtype=jnp.float32).init(
+        gen_key, models.sample_latent(keys(_DISC_LATENT)))
     gen_params, gen_batch_stats = gen_variables['params'], gen_variables['batch_stats']
     gen_opt_state = setup.optimizer.init(gen_params)
   history = config.historical_averaging > 0

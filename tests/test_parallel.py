@@ -81,10 +81,14 @@ def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32()
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
   state = train.create_train_state(setup, images)
+  float32_setup = train.Setup.create(config.replace(compute_dtype='float32'), MNIST_INFO)
+  for bf16_run, float32_run in zip(jax.tree.leaves(state),
+                                   jax.tree.leaves(train.create_train_state(float32_setup, images))):
+    np.testing.assert_array_equal(bf16_run, float32_run)  # the same initial weights
   x = setup.family.scale_pixels(images)
   variables = {'params': state.disc_params, **state.disc_constants}
   logits_bf16, _ = setup.disc.apply(variables, x)
-  logits_f32, _ = setup.disc.module.apply(variables, x)
+  logits_f32, _ = float32_setup.disc.apply(variables, x)
   assert logits_bf16.dtype == jnp.float32
   np.testing.assert_allclose(logits_bf16, logits_f32, rtol=0.1, atol=0.1)
   assert not np.allclose(logits_bf16, logits_f32, rtol=1e-6, atol=1e-6)  # bf16 really ran
