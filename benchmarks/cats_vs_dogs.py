@@ -23,9 +23,8 @@ import torch
 from benchmarks import common_flags, compare_accuracy, export_data
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std
-from ssgan_jax import config as config_lib
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
+from ssgan_jax import config as config_lib, main as ssgan_main
+from ssgan_jax.networks import xla_cpu
 
 MODES = ('ssl', 'supervised')
 # The seed's figures (its README and talk), on the real photos at 224 px.

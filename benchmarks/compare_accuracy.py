@@ -36,10 +36,10 @@ from benchmarks import common_flags, export_data
 from benchmarks.spread import mean_std
 from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
-from ssgan_jax import input_pipeline
+from ssgan_jax.data import input_pipeline
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
-from ssgan_jax import train
+from ssgan_jax.networks import xla_cpu
+from ssgan_jax.training import train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
 _RUNS = flags.DEFINE_list('runs', list(RUNS), f'Which of {", ".join(RUNS)} to train.')

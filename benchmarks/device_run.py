@@ -29,9 +29,8 @@ import numpy as np
 
 from benchmarks import throughput, time_to_accuracy
 from benchmarks import common_flags, export_data
-from ssgan_jax import config as config_lib
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
+from ssgan_jax import config as config_lib, main as ssgan_main
+from ssgan_jax.networks import xla_cpu
 
 FLAGS = flags.FLAGS
 _BUDGET_S = flags.DEFINE_float('budget_s', 480, 'Wall-clock seconds after which no part starts.')

@@ -9,9 +9,9 @@ reading TFDS gives.
 from absl import app, flags
 import numpy as np
 
-from ssgan_jax import input_pipeline
+from ssgan_jax.data import input_pipeline
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 from ssgan_jax.config import Config, ConfigError
 
 

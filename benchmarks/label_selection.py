@@ -17,8 +17,8 @@ from absl import app, flags
 import numpy as np
 
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
-from ssgan_jax import train
+from ssgan_jax.networks import xla_cpu
+from ssgan_jax.training import train
 from benchmarks import common_flags
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std

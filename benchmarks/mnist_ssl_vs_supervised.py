@@ -15,8 +15,8 @@ from typing import Sequence
 from absl import app, flags
 
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
-from ssgan_jax import train
+from ssgan_jax.networks import xla_cpu
+from ssgan_jax.training import train
 from benchmarks import common_flags
 from benchmarks.run_environment import run_environment
 

@@ -23,7 +23,7 @@ from absl import app, flags
 from benchmarks import common_flags
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
 VARIANTS = {

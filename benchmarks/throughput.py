@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common_flags, peaks
-from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import parallel, train
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 

@@ -28,9 +28,10 @@ import numpy as np
 from benchmarks import common_flags, export_data
 from benchmarks.run_environment import run_environment
 from ssgan_jax import config as config_lib
-from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import parallel, train
 from ssgan_jax import main as ssgan_main
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 
 FRAMEWORKS = ('jax', 'torch')
 FLAGS = flags.FLAGS

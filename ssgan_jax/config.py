@@ -4,7 +4,8 @@ import math
 import os
 from typing import Optional
 
-from ssgan_jax import kernels, losses
+from ssgan_jax.networks import kernels
+from ssgan_jax.training import losses
 
 MODELS = ('mlp', 'conv_small', 'conv_large', 'mlp_points', 'resnet18')
 MODES = ('ssl', 'supervised')

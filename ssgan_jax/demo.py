@@ -9,7 +9,7 @@ draws both decision boundaries side by side in <workdir>/decision_boundaries.png
 import json
 import os
 
-from ssgan_jax import cli
+from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 
 MODES = (('supervised', 'supervised-only'), ('ssl', 'semi-supervised GAN'))
@@ -17,7 +17,8 @@ MODES = (('supervised', 'supervised-only'), ('ssl', 'semi-supervised GAN'))
 
 def run_demo(config: config_lib.Config, workdir: str) -> dict:
   """Trains both modes; returns {mode: summary} and writes the pictures."""
-  from ssgan_jax import input_pipeline, plots, train, trained  # Heavy: after flag checks.
+  from ssgan_jax.data import input_pipeline
+  from ssgan_jax.training import plots, train, trained  # Heavy: after flag checks.
   summaries = {mode: train.train_and_evaluate(config.replace(mode=mode),
                                               os.path.join(workdir, mode))
                for mode, _ in MODES}

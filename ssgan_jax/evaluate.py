@@ -12,7 +12,7 @@ from absl import flags, logging
 import numpy as np
 from sklearn import metrics
 
-from ssgan_jax import cli
+from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -26,7 +26,8 @@ def define_flags() -> None:
 def evaluate(workdir: str, step=None, data_dir=None) -> dict:
   """Accuracy (EMA and raw), per-class accuracy and confusion matrix (EMA) on the test split;
   saved in workdir/evaluation where it can be written."""
-  from ssgan_jax import input_pipeline, plots, trained  # Heavy: after flag checks.
+  from ssgan_jax.data import input_pipeline
+  from ssgan_jax.training import plots, trained  # Heavy: after flag checks.
   run = trained.load(workdir, step, data_dir)
   images, labels = input_pipeline.load_split(run.config, 'test')
   predictions = {which: run.class_probabilities(images, which).argmax(-1)

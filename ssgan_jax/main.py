@@ -10,11 +10,11 @@ import json
 
 from absl import flags, logging
 
-from ssgan_jax import cli
+from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
-from ssgan_jax import multihost, preemption
+from ssgan_jax.training import multihost, preemption
 # For scripts that build a Config from flags the way this command does.
-from ssgan_jax.cli import config_from_flags, define_flags, fail, parse_config, parse_flags  # pylint: disable=unused-import
+from ssgan_jax.command_line.cli import config_from_flags, define_flags, fail, parse_config, parse_flags  # pylint: disable=unused-import
 
 
 def _as_int(name: str, value: str) -> int:
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     multihost.initialize(**launch)
     logging.info('%s', settings_summary(config, workdir))
     # Imported here so that bad flags are reported without loading TensorFlow.
-    from ssgan_jax import train
+    from ssgan_jax.training import train
     with preemption.stop_on_signals() as stop_requested:
       summary = train.train_and_evaluate(config, workdir, stop_requested)
   except config_lib.ConfigError as e:

@@ -9,7 +9,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from ssgan_jax import cli
+from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
   workdir = cli.require_workdir(argv, allow_arguments=True)
   if not paths:
     cli.fail('no image files given; usage: predict --workdir=DIR IMAGE...')
-  from ssgan_jax import trained  # Heavy: after argument checks.
+  from ssgan_jax.training import trained  # Heavy: after argument checks.
   try:
     run = trained.load(workdir, FLAGS.step)
     if len(run.info.image_shape) != 3:

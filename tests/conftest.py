@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix='ssgan_jax_tests_xla_cache_')
@@ -57,7 +57,7 @@ def mnist_data_dir() -> str:
 @pytest.fixture(scope='session', autouse=True)
 def no_download_check():
   """In-process runs use tfds.testing.mock_data, which needs no download: skip the network check."""
-  from ssgan_jax import input_pipeline
+  from ssgan_jax.data import input_pipeline
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(input_pipeline, 'check_download_reachable', lambda builder: None)
     yield

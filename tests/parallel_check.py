@@ -33,7 +33,8 @@ import jax
 import numpy as np
 import optax
 
-from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import parallel, train
 from ssgan_jax.config import Config
 
 # Same 4 devices, other settings; 4 steps. (shard_map on its own is the last one's step.) Each compiles once: 4 steps with a log every 2

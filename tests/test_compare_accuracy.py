@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from benchmarks import compare_accuracy, export_data, spread
 from benchmarks.torch_reference import train as torch_train
-from ssgan_jax import input_pipeline
+from ssgan_jax.data import input_pipeline
 from ssgan_jax.config import Config, ConfigError
 from without_tensorflow import run_module
 

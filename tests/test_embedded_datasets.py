@@ -6,7 +6,8 @@ from absl import logging as absl_logging
 import numpy as np
 import pytest
 
-from ssgan_jax import embedded_datasets, input_pipeline, label_selection, progress
+from ssgan_jax.data import embedded_datasets, input_pipeline, label_selection
+from ssgan_jax.training import progress
 from ssgan_jax.config import Config, ConfigError
 
 

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import checkpointing, config as config_lib, input_pipeline, losses, models, train
-from ssgan_jax import trained
+from ssgan_jax import config as config_lib
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.networks import models
+from ssgan_jax.training import checkpointing, losses, train, trained
 from test_train import fixed_batch_config, train_on_fixed_batch
 
 SWITCHES_OFF = {'historical_averaging': 0.0, 'one_sided_label_smoothing': 1.0,

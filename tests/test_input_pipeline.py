@@ -1,4 +1,4 @@
-"""Tests of ssgan_jax.input_pipeline: splits, samplers, batches and config checks against data.
+"""Tests of ssgan_jax.data.input_pipeline: splits, samplers, batches and config checks against data.
 
 Mocked MNIST (tfds.testing.mock_data) needs no files; the real-MNIST tests use the
 `mnist_data_dir` fixture and skip where that data is absent.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssgan_jax import input_pipeline as ip
+from ssgan_jax.data import input_pipeline as ip
 from ssgan_jax.config import Config, ConfigError
 
 MOCK_SIZE = 600  # examples per split of the mocked MNIST

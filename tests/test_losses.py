@@ -1,4 +1,4 @@
-"""Tests of ssgan_jax.losses against float64 NumPy formulas written from the math.
+"""Tests of ssgan_jax.training.losses against float64 NumPy formulas written from the math.
 
 Inputs are float32 (JAX's default); every reference is computed in float64 from the
 *same* float32 values, so the only error measured is the JAX computation's own.
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import losses
+from ssgan_jax.training import losses
 
 SHAPES = [(7, 10), (1, 2), (16, 3)]  # (B, K)
 HEAD_NAMES = ['salimans', 'kplus1', 'two_head']

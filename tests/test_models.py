@@ -1,4 +1,4 @@
-"""Tests of ssgan_jax.models: shapes, parameter counts, data-dependent init, weight norm,
+"""Tests of ssgan_jax.networks.models: shapes, parameter counts, data-dependent init, weight norm,
 per-example noise and pixel scaling, for every model family.
 
 Expected parameter counts are written out from the architecture (layer widths and kernel
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssgan_jax import cpu_kernels, kernels, models, xla_cpu
+from ssgan_jax.networks import cpu_kernels, kernels, models, xla_cpu
 
 FAMILIES = ['mlp', 'conv_small', 'conv_large']
 IMAGE_SHAPE = {'mlp': (28, 28, 1), 'conv_small': (32, 32, 3), 'conv_large': (32, 32, 3)}

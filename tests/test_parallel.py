@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from ssgan_jax import config as config_lib
-from ssgan_jax import input_pipeline, parallel, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import parallel, train
 from ssgan_jax.config import Config
 from conftest import default_optimization_env
 

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssgan_jax import checkpointing, metrics_record, multihost, preemption, train
-from ssgan_jax import config as config_lib
-from ssgan_jax import main as ssgan_main
+from ssgan_jax.training import checkpointing, metrics_record, multihost, preemption, train
+from ssgan_jax import config as config_lib, main as ssgan_main
 from ssgan_jax.config import Config, ConfigError
 from conftest import devices_env
 from test_main import REPO, TINY_FLAGS, error_lines, listing, run_main

@@ -14,7 +14,9 @@ import torch
 
 from benchmarks.torch_reference import convert, losses as torch_losses, models as torch_models
 from benchmarks.torch_reference import train as torch_train
-from ssgan_jax import input_pipeline, losses, models, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.networks import models
+from ssgan_jax.training import losses, train
 from ssgan_jax.config import Config
 from conftest import default_optimization_env
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssgan_jax import input_pipeline, losses, models, train
-from ssgan_jax import main as ssgan_main
-from ssgan_jax import config as config_lib
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.networks import models
+from ssgan_jax.training import losses, train
+from ssgan_jax import config as config_lib, main as ssgan_main
 from ssgan_jax.config import Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

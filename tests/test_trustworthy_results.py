@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ssgan_jax import config as config_lib
-from ssgan_jax import metrics_record, train
+from ssgan_jax.training import metrics_record, train
 from ssgan_jax.config import Config, ConfigError
 from test_main import listing
 from test_train import MNIST_INFO, tiny_config

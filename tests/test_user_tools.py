@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssgan_jax import demo, embedded_datasets, evaluate, flag_docs, input_pipeline, models, plots
-from ssgan_jax import predict, train, trained
+from ssgan_jax import demo, evaluate
+from ssgan_jax.command_line import flag_docs
+from ssgan_jax.data import embedded_datasets, input_pipeline
+from ssgan_jax.networks import models
+from ssgan_jax.training import plots
+from ssgan_jax import predict
+from ssgan_jax.training import train, trained
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import ConfigError
 
@@ -250,4 +255,4 @@ def test_predict_command_on_a_bad_file_exits_2_with_one_line(digits_run, tmp_pat
 
 def test_flag_reference_is_up_to_date():
   text = flag_docs.FLAGS_DOC.read_text()
-  assert flag_docs.updated_doc(text) == text, 'run: python -m ssgan_jax.flag_docs'
+  assert flag_docs.updated_doc(text) == text, 'run: python -m ssgan_jax.command_line.flag_docs'

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import ssgan_jax
-from ssgan_jax import xla_cpu
+from ssgan_jax.networks import xla_cpu
 
 from without_tensorflow import REPO
 
@@ -73,7 +73,8 @@ print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(af
 
 
 def test_importing_every_module_changes_no_environment_variable():
-  modules = ['ssgan_jax'] + [f'ssgan_jax.{m.name}' for m in pkgutil.iter_modules(ssgan_jax.__path__)]
+  modules = ['ssgan_jax'] + [m.name for m in pkgutil.walk_packages(ssgan_jax.__path__,
+                                                                  'ssgan_jax.')]
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   result = subprocess.run([sys.executable, '-c', _IMPORT_ALL, *modules], capture_output=True,
                           text=True, cwd=REPO, env={**env, 'PYTHONPATH': REPO}, timeout=300)

@@ -1,4 +1,4 @@
-"""Copies Flax parameters of ssgan_jax.models into the PyTorch modules of this package."""
+"""Copies Flax parameters of ssgan_jax.networks.models into the PyTorch modules of this package."""
 import numpy as np
 import torch
 

@@ -1,11 +1,11 @@
-"""The losses of ssgan_jax.losses in PyTorch: the same heads, formulas and 0.5 weights."""
+"""The losses of ssgan_jax.training.losses in PyTorch: the same heads, formulas and 0.5 weights."""
 import dataclasses
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ssgan_jax import losses as jax_losses
+from ssgan_jax.training import losses as jax_losses
 
 
 def supervised_cross_entropy(logits_BxC, labels_B):

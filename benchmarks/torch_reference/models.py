@@ -1,4 +1,4 @@
-"""The discriminators and generators of ssgan_jax.models, as eager PyTorch modules.
+"""The discriminators and generators of ssgan_jax.networks.models, as eager PyTorch modules.
 
 Layouts follow PyTorch: Linear weights are (out, in), convolutions work in NCHW. The MLP
 family keeps NHWC images and flattens them as the Flax model does, so its first layer sees
@@ -19,8 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssgan_jax import models as jax_models
-from ssgan_jax import resnet as jax_resnet
+from ssgan_jax.networks import models as jax_models, resnet as jax_resnet
 
 LATENT_DIM = jax_models.LATENT_DIM
 _MLP_V_STD = 0.1
@@ -257,7 +256,7 @@ class ConvGenerator(nn.Module):
 
 
 class GroupBatchNorm2d(nn.Module):
-  """ssgan_jax.resnet.GroupBatchNorm on NCHW: in train mode each group of `group_size`
+  """ssgan_jax.networks.resnet.GroupBatchNorm on NCHW: in train mode each group of `group_size`
   consecutive examples is normalised by its own statistics, and the running averages
   (momentum 0.1, unbiased variance) follow the leading `stats_groups` groups (None: all,
   0: none); in eval mode the running averages normalise."""
@@ -339,7 +338,7 @@ class ResNet18Discriminator(nn.Module):
 
 
 class DcganGenerator(nn.Module):
-  """ssgan_jax.resnet.DcganGenerator, NCHW: z -> SxSxW -> doublings (batch norm, ReLU) -> tanh."""
+  """ssgan_jax.networks.resnet.DcganGenerator, NCHW: z -> SxSxW -> doublings (batch norm, ReLU) -> tanh."""
 
   def __init__(self, image_shape: Sequence[int]):
     super().__init__()

@@ -1,6 +1,6 @@
-"""The train loop of ssgan_jax.train in eager PyTorch, one device.
+"""The train loop of ssgan_jax.training.train in eager PyTorch, one device.
 
-Per step, as in `ssgan_jax.train.train_step`: D is updated on labeled + unlabeled + fake
+Per step, as in `ssgan_jax.training.train.train_step`: D is updated on labeled + unlabeled + fake
 images (fakes from fresh latents, no gradient into G), its moving average is updated, then
 G is updated on a separately shuffled unlabeled batch and new latents through the updated
 D. Noise is on in both steps. Adam adds its epsilon inside the square root and follows the
@@ -19,7 +19,7 @@ from torch import nn
 from benchmarks.torch_reference import losses, models
 from ssgan_jax.config import Config, ConfigError, ema_decay
 
-# Images for the data-dependent init, as ssgan_jax.train.INIT_BATCH_SIZE (not imported: that
+# Images for the data-dependent init, as ssgan_jax.training.train.INIT_BATCH_SIZE (not imported: that
 # module needs TensorFlow for its metric writers, and this one should run without it).
 INIT_BATCH_SIZE = 500
 
@@ -135,7 +135,7 @@ def check_supported(config: Config) -> None:
 
 
 def learning_rate(config: Config, count: int) -> float:
-  """`ssgan_jax.train.learning_rate_schedule` on the host, without a JAX call per step."""
+  """`ssgan_jax.training.train.learning_rate_schedule` on the host, without a JAX call per step."""
   decay_steps = int(round(config.num_steps * config.lr_decay_fraction))
   if decay_steps == 0:
     return config.learning_rate
@@ -185,7 +185,7 @@ class TorchTrainer:
     return self.family.images_to_input(torch.as_tensor(images_uint8, device=self.device))
 
   def _latents(self, batch_size: int) -> torch.Tensor:
-    """Uniform [0, 1) latents, as ssgan_jax.models.sample_latent draws them."""
+    """Uniform [0, 1) latents, as ssgan_jax.networks.models.sample_latent draws them."""
     return torch.rand(batch_size, models.LATENT_DIM, device=self.device)
 
   def train_step(self, batch: dict, latents: Optional[tuple] = None) -> dict:

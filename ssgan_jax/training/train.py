@@ -18,8 +18,9 @@ import optax
 with epy.lazy_imports():
   from clu import parameter_overview
 
-from ssgan_jax import (checkpointing, input_pipeline, kernels, losses, metrics_record, models,
-                       multihost, parallel, plots)
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.networks import kernels, models
+from ssgan_jax.training import checkpointing, losses, metrics_record, multihost, parallel, plots
 from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, ema_decay,
                              lr_decay_start, with_group_size)
 
@@ -176,7 +177,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     """D's (outputs, features) and its updated batch-norm averages ({} without batch norm).
 
     With batch norm, D normalises with batch statistics in both players' steps, as the seed
-    runs it in train mode (ssgan_jax.resnet explains the per-group statistics).
+    runs it in train mode (ssgan_jax.networks.resnet explains the per-group statistics).
     """
     if not batch_norm:
       return disc.apply(variables, *args, **kwargs), {}

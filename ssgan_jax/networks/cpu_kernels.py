@@ -28,7 +28,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import kernels  # for `kernels.conv`, at call time
+from ssgan_jax.networks import kernels  # for `kernels.conv`, at call time
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Image patches of one chunk of the batch, in bytes: small enough to stay in the CPU's caches

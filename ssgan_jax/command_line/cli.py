@@ -15,7 +15,8 @@ from typing import Callable
 from absl import app, flags, logging
 
 from ssgan_jax import config as config_lib
-from ssgan_jax import multihost, xla_cpu
+from ssgan_jax.networks import xla_cpu
+from ssgan_jax.training import multihost
 
 _DEFINE_BY_TYPE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
                    float: flags.DEFINE_float, bool: flags.DEFINE_boolean}

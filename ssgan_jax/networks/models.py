@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import kernels, resnet
-from ssgan_jax.kernels import KernelChoices
+from ssgan_jax.networks import kernels, resnet
+from ssgan_jax.networks.kernels import KernelChoices
 
 # Kernel initialisers of the reference code: N(0, 0.1) in the MNIST discriminator, lasagne's
 # default Glorot uniform in the MNIST generator, N(0, 0.05) everywhere in the conv models.
@@ -429,7 +429,7 @@ MODEL_FAMILIES = {
         generator=lambda shape, axis, _=None: MlpGenerator(tuple(shape), hidden=(100, 100),
                                                    axis_name=axis, output_activation=lambda x: x),
         pixel_range=None, supported_sizes=None),
-    # The PyTorch seed's cats-vs-dogs models (see ssgan_jax.resnet), on RGB images.
+    # The PyTorch seed's cats-vs-dogs models (see ssgan_jax.networks.resnet), on RGB images.
     'resnet18': ModelFamily(
         discriminator=lambda n, algorithms=KernelChoices(): resnet.ResNet18Discriminator(
             n, algorithms),

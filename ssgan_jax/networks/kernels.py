@@ -10,7 +10,7 @@ from typing import Optional
 
 import jax
 
-from ssgan_jax import cpu_kernels, xla_cpu  # cpu_kernels calls `conv` back for its phases
+from ssgan_jax.networks import cpu_kernels, xla_cpu  # cpu_kernels calls `conv` back for its phases
 
 CONV_TRANSPOSE_ALGORITHMS = ('auto', 'phases', 'subpixel', 'dilated')
 INPUT_GRADIENTS = ('auto', 'phases', 'subpixel', 'dilated')

@@ -20,9 +20,9 @@ with epy.lazy_imports():
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-from ssgan_jax import embedded_datasets
+from ssgan_jax.data import embedded_datasets
 from ssgan_jax.config import Config, ConfigError
-from ssgan_jax.models import MODEL_FAMILIES
+from ssgan_jax.networks.models import MODEL_FAMILIES
 
 _VALIDATION_SPLIT_SEED = 0
 _LABELED_STREAM, _UNLABELED_STREAM, _UNLABELED_GEN_STREAM = 1, 2, 3
@@ -287,7 +287,7 @@ def split_arrays(config: Config, info: DatasetInfo, train_images: np.ndarray,
       config.label_seed)
   if config.label_selection == 'representative':
     # Imported here: scikit-learn takes a second to import, and only this option needs it.
-    from ssgan_jax import label_selection  # pylint: disable=g-import-not-at-top
+    from ssgan_jax.data import label_selection  # pylint: disable=g-import-not-at-top
     labeled = unlabeled[label_selection.representative(
         train_images[unlabeled], train_labels[unlabeled], config.num_labeled // info.num_classes,
         config.label_seed)]

@@ -24,8 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssgan_jax import models
-from ssgan_jax.kernels import KernelChoices
+from ssgan_jax.networks import models
+from ssgan_jax.networks.kernels import KernelChoices
 
 # torchvision's initialisation: He normal (fan out) for convolutions, batch norm scale 1,
 # bias 0, and PyTorch's default for the final dense layer (uniform, 1/sqrt(fan in)).

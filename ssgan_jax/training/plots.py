@@ -16,7 +16,7 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
 
-from ssgan_jax import models
+from ssgan_jax.networks import models
 
 GRID = 8            # samples per side of the image grid
 NUM_POINTS = 500    # generated points in a picture of a vector dataset

@@ -10,7 +10,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from ssgan_jax import checkpointing, input_pipeline, train
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import checkpointing, train
 from ssgan_jax.config import Config, ConfigError
 
 

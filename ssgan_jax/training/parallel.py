@@ -12,7 +12,8 @@ import flax.jax_utils
 import jax
 import numpy as np
 
-from ssgan_jax import input_pipeline, multihost
+from ssgan_jax.data import input_pipeline
+from ssgan_jax.training import multihost
 from ssgan_jax.config import Config
 
 # The per-device step differentiates through collectives (G's batch norm and feature

@@ -10,7 +10,7 @@ import os
 from absl import logging
 from etils import epy
 
-from ssgan_jax import multihost, progress
+from ssgan_jax.training import multihost, progress
 from ssgan_jax.config import Config
 
 # Lazy: clu's metric writers import TensorFlow, which training does not otherwise need.

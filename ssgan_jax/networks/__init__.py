@@ -1,0 +1,1 @@
+"""The Flax discriminators and generators, and the convolution algorithms they run with."""
