@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
   workdir = cli.require_workdir(argv)
   try:
     config = cli.resolved_config()
+    cli.import_tensorflow_quietly()
     summaries = run_demo(config, workdir)
   except config_lib.ConfigError as e:
     cli.fail(str(e))

@@ -81,6 +81,7 @@ def report(result: dict) -> str:
 
 def main(argv: list[str]) -> None:
   workdir = cli.require_workdir(argv)
+  cli.import_tensorflow_quietly()
   try:
     result = evaluate(workdir, FLAGS.step, FLAGS.data_dir)
   except config_lib.ConfigError as e:

@@ -56,6 +56,7 @@ def main(argv: list[str]) -> None:
     multihost.initialize(**launch)
     logging.info('%s', settings_summary(config, workdir))
     # Imported here so that bad flags are reported without loading TensorFlow.
+    cli.import_tensorflow_quietly()
     from ssgan_jax.training import train
     with preemption.stop_on_signals() as stop_requested:
       summary = train.train_and_evaluate(config, workdir, stop_requested)

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -53,6 +54,27 @@ def test_tiny_run_exits_0_and_leaves_checkpoints_and_metrics(trained):
   assert any('validation_accuracy' in r for r in records)
   assert any('disc_loss' in r and 'gen_loss' in r for r in records)
   assert list(workdir.glob('events.out.tfevents.*'))
+
+
+def test_a_run_prints_no_start_up_notices_of_other_libraries(trained):
+  """TensorFlow's C++ notices (absl-prefixed lines such as 'I0000 ... port.cc') and Orbax's
+  or clu's informational lines stay off the console unless --verbose."""
+  _, result = trained
+  assert result.returncode == 0
+  for line in result.stderr.splitlines():
+    assert not re.match(r'[IWE]\d{4} ', line) and 'absl::InitializeLog' not in line, line
+    assert 'oneDNN' not in line and 'parameter_overview' not in line, line
+
+
+def test_evaluate_on_the_command_line_prints_the_report_and_no_warnings(trained):
+  workdir, first = trained
+  assert first.returncode == 0
+  result = subprocess.run([sys.executable, '-m', 'ssgan_jax.evaluate', f'--workdir={workdir}'],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'test accuracy: ' in result.stdout
+  assert [line for line in result.stderr.splitlines()
+          if line.startswith(('WARNING', 'W0000', 'I0000'))] == []
 
 
 def test_rerun_with_other_settings_is_refused_and_changes_nothing(trained, mnist_data_dir):

@@ -9,6 +9,7 @@ import dataclasses
 import logging as py_logging
 import os
 import sys
+import tempfile
 import typing
 from typing import Callable
 
@@ -150,9 +151,15 @@ class ChatterFilter(py_logging.Filter):
   JAX's backend notices)."""
 
   _OWN = (os.sep + 'ssgan_jax' + os.sep, os.sep + 'benchmarks' + os.sep)
+  # Warnings that restate a choice of ssgan_jax's (evaluate and predict read checkpoints
+  # read-only), not something for the user to act on.
+  _EXPECTED = ('Given directory is read only',)
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or any(p in record.pathname for p in self._OWN)
+    if any(p in record.pathname for p in self._OWN):
+      return True
+    return (record.levelno >= py_logging.WARNING
+            and not str(record.msg).startswith(self._EXPECTED))
 
 
 class _PlainFormatter(py_logging.Formatter):
@@ -175,6 +182,32 @@ def _quiet_libraries_before_import() -> None:
   """TensorFlow's C++ start-up notices, which only an environment variable set before its
   import turns off (a user's own setting wins)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow with the process's stderr held back (unless --verbose), showing what
+  it printed only if the import fails: recent TensorFlow prints start-up notices through C++
+  absl logging before any log level applies, so no setting hides them. For commands about to
+  import it anyway (through TFDS or clu), after their flag checks; without TensorFlow
+  installed, nothing happens."""
+  if flags.FLAGS.verbose:
+    return
+  sys.stderr.flush()
+  with tempfile.TemporaryFile() as captured:
+    saved = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass
+    except Exception:
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
 
 
 def run(main: Callable[[list[str]], None], usage: str,

@@ -35,7 +35,10 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-            create=False, read_only=read_only),  # the first save makes it: a refused run leaves no empty folder
+            # The first save makes the folder: a refused run leaves no empty one.
+            create=False, read_only=read_only,
+            # What Orbax sets for a read-only manager anyway, with a warning if not given.
+            **({'save_interval_steps': 0} if read_only else {})),
         item_names=('state', 'config'))
 
   def latest_step(self) -> Optional[int]:

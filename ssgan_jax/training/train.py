@@ -449,8 +449,8 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
   watch = DivergenceWatch(setup.num_classes)
   train_seconds = lambda: round(recorder.earlier_train_seconds + time.time() - start_time, 2)
   try:
-    state, step, stopped = _train_loop(setup, trainer, evaluator, watch, recorder, checkpointer, data, state,
-                        stop_requested, train_seconds)
+    state, step, stopped = _train_loop(setup, trainer, evaluator, watch, recorder, checkpointer,
+                                       data, state, stop_requested, train_seconds)
   except NonFiniteLossError as e:
     checkpointer.close()  # a save in flight completes: the last good state stays restorable
     recorder.close()
@@ -462,7 +462,24 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
     ) from None
   if stopped:
     return {'step': step, 'stopped': True}
+  summary = _final_summary(setup, evaluator, watch, data, state, step)
+  summary['wall_seconds'] = round(time.time() - start_time, 2)
+  summary[metrics_record.TOTAL_SECONDS] = train_seconds()
+  # The loop wrote this step's validation accuracy (or an earlier invocation did).
+  recorder.write(step, {k: summary[k] for k in ('test_accuracy', 'test_accuracy_raw',
+                                                'wall_seconds')},
+                 {metrics_record.TOTAL_SECONDS: summary[metrics_record.TOTAL_SECONDS]})
+  plots.write_curves(recorder.writer, workdir, step, plots.run_name(config, workdir))
+  checkpointer.close()
+  recorder.close()
+  return summary
 
+
+def _final_summary(setup: Setup, evaluator: Evaluator, watch: DivergenceWatch,
+                   data: input_pipeline.SemiSupervisedData, state: TrainState,
+                   step: int) -> dict:
+  """The finished run's test (EMA and raw) and validation accuracies, precision and warnings."""
+  config = setup.config
   summary = {'step': step,
              'test_accuracy': evaluator.accuracy(state, data.test_images, data.test_labels),
              'test_accuracy_raw': evaluator.accuracy(state, data.test_images, data.test_labels,
@@ -471,18 +488,9 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
     summary['validation_accuracy'] = evaluator.accuracy(state, data.validation_images,
                                                         data.validation_labels)
   watch.check_accuracy('test_accuracy', summary['test_accuracy'])
-  summary['wall_seconds'] = round(time.time() - start_time, 2)
-  summary[metrics_record.TOTAL_SECONDS] = train_seconds()
-  # The loop wrote this step's validation accuracy (or an earlier invocation did).
-  recorder.write(step, {k: summary[k] for k in ('test_accuracy', 'test_accuracy_raw',
-                                                'wall_seconds')},
-                 {metrics_record.TOTAL_SECONDS: summary[metrics_record.TOTAL_SECONDS]})
   summary.update(compute_dtype=config.compute_dtype, matmul_precision=config.matmul_precision)
   if watch.warnings:
     summary['warnings'] = watch.warnings
-  plots.write_curves(recorder.writer, workdir, step, plots.run_name(config, workdir))
-  checkpointer.close()
-  recorder.close()
   return summary
 
 
