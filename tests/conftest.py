@@ -40,18 +40,27 @@ def devices_env(count: int) -> dict:
   return {'XLA_FLAGS': f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"}
 
 
-@pytest.fixture(scope='session')
-def mnist_data_dir() -> str:
-  """A TFDS data_dir holding the real, prepared mnist/3.0.1; skips the test where there is none.
-
-  From $SSGAN_TFDS_DIR, else shared/tfds next to the project folder.
-  """
+def _real_data_dir(dataset: str, version: str) -> str:
+  """A TFDS data_dir holding the real, prepared `dataset`/`version`; skips the test where there
+  is none. From $SSGAN_TFDS_DIR, else shared/tfds next to the project folder."""
   env = os.environ.get('SSGAN_TFDS_DIR')
   path = Path(env) if env else Path(__file__).resolve().parents[2] / 'shared' / 'tfds'
-  if not (path / 'mnist' / '3.0.1').is_dir():
-    pytest.skip(f'real MNIST not found: {path}/mnist/3.0.1 does not exist '
-                '(set SSGAN_TFDS_DIR to a TFDS data_dir holding prepared mnist 3.0.1)')
+  if not (path / dataset / version).is_dir():
+    pytest.skip(f'real {dataset} not found: {path}/{dataset}/{version} does not exist '
+                f'(set SSGAN_TFDS_DIR to a TFDS data_dir holding prepared {dataset} {version})')
   return str(path)
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir() -> str:
+  """A TFDS data_dir holding the real mnist/3.0.1 (see _real_data_dir)."""
+  return _real_data_dir('mnist', '3.0.1')
+
+
+@pytest.fixture(scope='session')
+def cats_vs_dogs_data_dir() -> str:
+  """A TFDS data_dir holding the cats_vs_dogs/4.0.1 stand-in of 64x64 photos."""
+  return _real_data_dir('cats_vs_dogs', '4.0.1')
 
 
 @pytest.fixture(scope='session', autouse=True)

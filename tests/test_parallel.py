@@ -40,6 +40,17 @@ def test_one_device_shard_map_and_scanned_steps_with_data_on_device_match_pmap_o
     assert diffs[f'{name}_one_device'] < 1e-4, (name, diffs)
 
 
+def test_resnet18_one_device_matches_four():
+  """Batch norm and the seed's losses: one step on 1 device against one on 4 (compiled at the
+  tests' fast level; the check above covers the default level)."""
+  result = subprocess.run([sys.executable, str(CHECK), 'resnet18'], capture_output=True,
+                          text=True, timeout=600, cwd=CHECK.parent)
+  assert result.returncode == 0, result.stderr[-3000:]
+  diffs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert diffs['resnet18_moved'] > 1e-3, diffs
+  assert diffs['resnet18_one_device'] < 1e-4, diffs
+
+
 def test_the_step_compiles_once_from_a_fresh_state():
   config = Config(model='mlp_points', batch_size=8, num_steps=3, log_every=3)
   info = input_pipeline.DatasetInfo(num_classes=2, image_shape=(2,), train_size=None)
