@@ -94,6 +94,14 @@ class Dense(nn.Module):
     return x.astype(self.dtype) @ kernel.astype(self.dtype)
 
 
+def _square_kernel(layer: nn.Module, x: jax.Array) -> jax.Array:
+  """`layer`'s kernel parameter (k x k x in x out) in its dtype; with `unit_norm`, as
+  `unit_columns(v)` (normalised in float32)."""
+  kernel = layer.param('kernel', layer.kernel_init,
+                       (layer.kernel_size, layer.kernel_size, x.shape[-1], layer.features))
+  return (unit_columns(kernel) if layer.unit_norm else kernel).astype(layer.dtype)
+
+
 class Conv(nn.Module):
   """Bias-free square convolution: `nn.Conv`'s function, kernel and parameter name, computed
   by `algorithms` (see `kernels.conv`); with `unit_norm`, the kernel v acts as
@@ -109,10 +117,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init,
-                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    kernel = unit_columns(kernel) if self.unit_norm else kernel
-    return kernels.conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+    return kernels.conv(x.astype(self.dtype), _square_kernel(self, x), self.stride,
                         self.padding, self.algorithms)
 
 
@@ -130,10 +135,7 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init,
-                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    kernel = unit_columns(kernel) if self.unit_norm else kernel
-    return kernels.conv_transpose_same(x.astype(self.dtype), kernel.astype(self.dtype),
+    return kernels.conv_transpose_same(x.astype(self.dtype), _square_kernel(self, x),
                                        self.stride, self.algorithms)
 
 
