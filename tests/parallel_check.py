@@ -1,8 +1,7 @@
 """Trains a few steps on 4 fake CPU devices with each parallel setting and prints, as JSON, how
-much the update of each differs from pmap's on 4 devices with one plain step per call; then,
-for the MLP with the default head and with kplus1 and minibatch discrimination (or, with the
-argument `conv`, for the conv model with two_head and minibatch discrimination and for
-ResNet-18), how much one step on 1 device differs from one on 4.
+much the update of each differs from pmap's on 4 devices with one plain step per call; or,
+with the argument `one_device`, how much one step on 1 device differs from one on 4, for the
+MLP with kplus1 and minibatch discrimination and for ResNet-18.
 
 The steps update with plain SGD, not the trainer's Adam: that Adam adds its epsilon (1e-8)
 inside the square root, so it multiplies a change in a gradient element near 1e-4 by up to
@@ -15,7 +14,7 @@ One device against four is compared after one step: on these 20 random images ev
 training is ill-conditioned (measured: a 1e-7 relative change of D's and G's initial weights
 changes the MLP's G update by 2e-3 after four steps, and the conv model's D update by 7e-4
 and G update by 7e-3 after one), so a longer run would measure rounding growth, not whether
-the device count changes the computation. The conv case compares D only, for that reason.
+the device count changes the computation.
 
 Run by tests/test_parallel.py in a subprocess: the devices must be requested before JAX starts.
 """
@@ -50,23 +49,13 @@ ALL_FIELDS = ('disc_params', 'gen_params', 'gen_batch_stats')
 # One step on 4 devices against one on 1, with minibatch features in groups smaller than a
 # device's share: (config changes, dataset info, the state compared).
 ONE_DEVICE_CASES = {
-    'mlp': ({}, input_pipeline.DatasetInfo(10, (28, 28, 1), None), ALL_FIELDS),
     'mlp_kplus1_minibatch': (dict(unsup_loss='kplus1', minibatch_kernels=3,
                                   minibatch_kernel_dim=2, minibatch_group_size=2),
                              input_pipeline.DatasetInfo(10, (28, 28, 1), None), ALL_FIELDS),
-}
-# The same for the convolutional families, run on their own (`parallel_check.py conv`) so
-# that a test can compile them at its fast level. The conv case compares D only. For
-# ResNet-18, batch norm in D takes each kind of image's statistics over the global group, on
-# one device as on four: D's parameters and both players' batch-norm averages are compared,
-# not G's parameters, for the same reason (measured: D within 1e-5, G's averages 1e-7, G's
-# parameters 4e-3).
-CONV_CASES = {
-    'conv_small_two_head_minibatch': (dict(model='conv_small', unsup_loss='two_head',
-                                           minibatch_kernels=3, minibatch_kernel_dim=2,
-                                           minibatch_group_size=2, batch_size=8),
-                                      input_pipeline.DatasetInfo(10, (32, 32, 3), None),
-                                      ('disc_params',)),
+    # For ResNet-18, batch norm in D takes each kind of image's statistics over the global
+    # group, on one device as on four: D's parameters and both players' batch-norm averages
+    # are compared, not G's parameters (measured: D within 1e-5, G's averages 1e-7, G's
+    # parameters 4e-3; see above).
     'resnet18': (dict(model='resnet18', gen_loss='nonsaturating', batch_size=8),
                  input_pipeline.DatasetInfo(2, (32, 32, 3), None),
                  ('disc_params', 'disc_constants', 'gen_batch_stats')),
@@ -135,8 +124,8 @@ def one_device_differences(config: Config, cases: dict) -> dict:
 def main(args: list[str]) -> None:
   assert jax.local_device_count() == 4, jax.devices()
   config = Config(batch_size=16, learning_rate=0.01, num_steps=4, log_every=2)
-  if args == ['conv']:
-    print(json.dumps(one_device_differences(config, CONV_CASES)))
+  if args == ['one_device']:
+    print(json.dumps(one_device_differences(config, ONE_DEVICE_CASES)))
     return
   data = random_data(MNIST_INFO.image_shape)
   initial = train.create_train_state(sgd_setup(config, MNIST_INFO),
@@ -146,7 +135,6 @@ def main(args: list[str]) -> None:
   for name, changes in VARIANTS.items():
     result[name] = update_difference(
         train_with(config.replace(**changes), data, initial, 4), reference, initial)
-  result.update(one_device_differences(config, ONE_DEVICE_CASES))
   print(json.dumps(result))
 
 

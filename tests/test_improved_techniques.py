@@ -100,10 +100,13 @@ def test_feature_matching_features_are_those_below_minibatch_discrimination():
   images = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))
   plain = models.MODEL_FAMILIES['mlp'].discriminator(10)
   with_mbd = plain.clone(minibatch_kernels=4, minibatch_kernel_dim=2)
-  # The layers below are initialised as the plain D's, and give the same features.
+  # The layers below are initialised as the plain D's, and give the same features: up to
+  # rounding, as XLA may fuse the two programs differently (another initialisation would
+  # differ by the features' own size, about 1).
   features = [jax.jit(d.apply)(jax.jit(d.init)(jax.random.key(0), images), images)[1]
               for d in (plain, with_mbd)]
-  np.testing.assert_array_equal(*features)
+  assert float(np.abs(features[0]).mean()) > 0.1
+  np.testing.assert_allclose(*features, rtol=1e-4, atol=1e-4)
 
 
 def test_minibatch_evaluation_compares_groups_of_the_training_size():

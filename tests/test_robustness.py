@@ -27,7 +27,7 @@ from test_main import REPO, TINY_FLAGS, error_lines, listing, run_main
 from test_train import MNIST_INFO, tiny_config
 
 FOUR_DEVICES = devices_env(4)
-NUM_STEPS = 40
+NUM_STEPS = 20
 MULTIHOST_STEPS = 5
 
 

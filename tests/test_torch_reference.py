@@ -226,8 +226,7 @@ TRAIN_STEP_CASES = [
     ('mlp', 'ssl', 'salimans', 'both'), ('mlp', 'ssl', 'kplus1', 'nonsaturating'),
     ('conv_small', 'ssl', 'salimans', 'feature_matching'),
     ('mlp', 'supervised', 'salimans', 'feature_matching'),
-    ('resnet18', 'ssl', 'salimans', 'nonsaturating'),
-    ('resnet18', 'supervised', 'salimans', 'feature_matching')]
+    ('resnet18', 'ssl', 'salimans', 'nonsaturating')]
 
 
 def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str):
@@ -285,14 +284,15 @@ def train_step_outputs(cases) -> dict:
   return outputs
 
 
-# The cases compiled at XLA's default level as well: one per model family.
-LEVEL_CASES = [TRAIN_STEP_CASES[0], TRAIN_STEP_CASES[2], TRAIN_STEP_CASES[4]]
+# The cases compiled with XLA's default optimisations as well: the MLP, and ResNet-18 for the
+# convolutions and batch norm.
+LEVEL_CASES = [TRAIN_STEP_CASES[0], TRAIN_STEP_CASES[4]]
 
 
 def test_train_steps_give_the_same_numbers_at_xla_s_default_optimisation_level(tmp_path):
   """The comparisons above compile JAX at the tests' fast level; users run XLA's default.
-  One step of each model family at the default level (a subprocess) gives what it gives here,
-  so the equivalence holds for the programs users run."""
+  One step of the MLP and of ResNet-18 at the default level (a subprocess) gives what it
+  gives here, so the equivalence holds for the programs users run."""
   path = tmp_path / 'default_level.npz'
   result = subprocess.run([sys.executable, '-c', 'import sys, numpy, test_torch_reference as t; '
                            'numpy.savez(sys.argv[1], **t.train_step_outputs(t.LEVEL_CASES))',

@@ -111,10 +111,10 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib
                               for f in dataclasses.fields(config_lib.Config)})
 
 
-def resolved_config() -> config_lib.Config:
+def resolved_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
   """The parsed flags' Config, validated (ConfigError) and resolved for training, each change
   the resolution made logged."""
-  config = config_from_flags()
+  config = config_from_flags(flag_values)
   config_lib.validate(config)
   config, notes = config_lib.resolve(config)
   for note in notes:
