@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-from absl import flags
 import pytest
 
 from conftest import devices_env
@@ -166,9 +165,7 @@ def test_bad_settings_for_the_data_are_refused_before_any_image_is_read(args, ex
     raise AssertionError('images were read')
   monkeypatch.setattr(input_pipeline, 'load', read_images)
   workdir = tmp_path / 'run'
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values)
-  flag_values(['main', f'--flagfile={TINY_FLAGS}', f'--data_dir={mnist_data_dir}', *args])
+  flag_values = cli.parsed_flags([f'--flagfile={TINY_FLAGS}', f'--data_dir={mnist_data_dir}', *args])
   with pytest.raises(config_lib.ConfigError) as error:
     train.train_and_evaluate(cli.resolved_config(flag_values), str(workdir))
   assert str(error.value).startswith(expected)

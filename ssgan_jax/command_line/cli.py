@@ -122,11 +122,17 @@ def resolved_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.C
   return config
 
 
-def parse_config(argv: list[str]) -> tuple[config_lib.Config, str]:
-  """(Config, workdir) from command-line style arguments, for scripts that reuse the flags."""
+def parsed_flags(argv: list[str]) -> flags.FlagValues:
+  """The training flags, in their own FlagValues, parsed from command-line style arguments."""
   flag_values = flags.FlagValues()
   define_flags(flag_values)
   flag_values(['ssgan_jax'] + list(argv))
+  return flag_values
+
+
+def parse_config(argv: list[str]) -> tuple[config_lib.Config, str]:
+  """(Config, workdir) from command-line style arguments, for scripts that reuse the flags."""
+  flag_values = parsed_flags(argv)
   return config_from_flags(flag_values), flag_values.workdir
 
 
