@@ -39,6 +39,10 @@ VARIANTS = {
     'unsup_weight_0.5': ('ssl', ['--unsup_weight=0.5']),
     'learning_rate_0.001': ('ssl', ['--learning_rate=0.001']),
     'ema_0.9999': ('ssl', ['--ema_horizon=0', '--ema_decay=0.9999']),
+    'weight_norm_unit_init': ('ssl', ['--weight_norm_init=unit']),
+    'weight_norm_all_scales': ('ssl', ['--weight_norm_scales=all']),
+    'learning_rate_0.001+weight_norm_unit_init': (
+        'ssl', ['--learning_rate=0.001', '--weight_norm_init=unit']),
     'supervised_only': ('supervised', []),
 }
 BASELINE = 'salimans'
@@ -53,7 +57,7 @@ _SAVED_ONLY = flags.DEFINE_bool('saved_only', False, 'Train nothing: tabulate th
 def budget() -> dict:
   """What every record of one table must share."""
   return {'epochs': base._EPOCHS.value, 'ema_decay': base._EMA_DECAY.value,
-          'data_dir': base._DATA_DIR.value}
+          'data_dir': base._DATA_DIR.value and os.path.abspath(base._DATA_DIR.value)}
 
 
 def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:

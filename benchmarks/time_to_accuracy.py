@@ -5,14 +5,17 @@ Both train the flagfile's run from scratch on the same arrays, labeled subset an
 steps, until every --targets is reached or --num_steps (the step cap) or --budget_s. Wall
 clock runs from before the model is built to the evaluation that first reaches a target:
 compilation, initialisation and the evaluations on the way included (the quantity a user
-waits for; steps/s alone hides compile time and evaluation cost). Writes
-time_to_accuracy.json and .md under --out_dir as each trainer finishes.
+waits for; steps/s alone hides compile time and evaluation cost). At each point the other
+parameters (raw weights beside the moving average, or the reverse) are evaluated too, with
+the clock paused. Writes time_to_accuracy.json and .md under --out_dir as each trainer
+finishes.
 
   taskset -c 0 python -m benchmarks.time_to_accuracy --flagfile=experiments/mnist.flags \
       --data_npz=mnist.npz --eval_every=500 --num_steps=20000 --torch_threads=1
 
 Needs neither TensorFlow nor TFDS with --data_npz (benchmarks/export_data.py writes it).
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,17 +49,33 @@ def define_flags() -> None:
   flags.DEFINE_float('budget_s', 0, 'Wall-clock budget of each trainer (0: none).')
 
 
+OTHER_PARAMS = {'ema': 'raw', 'raw': 'ema'}
+
+
 class Clock:
-  """Test accuracy against steps and wall seconds, and when each target was first reached."""
+  """Test accuracy against steps and wall seconds, and when each target was first reached.
+
+  A curve point is (step, accuracy, wall seconds, the other parameters' accuracy); time spent
+  in `paused` is not counted.
+  """
 
   def __init__(self, targets: list[float], num_steps: int, deadline: float):
     self.targets, self.num_steps, self.deadline = sorted(targets), num_steps, deadline
-    self.start = time.perf_counter()
+    self.start, self.excluded = time.perf_counter(), 0.0
     self.curve, self.reached = [], {}
 
-  def record(self, step: int, accuracy: float) -> None:
-    wall = round(time.perf_counter() - self.start, 3)
-    self.curve.append((step, accuracy, wall))
+  @contextlib.contextmanager
+  def paused(self):
+    start = time.perf_counter()
+    yield
+    self.excluded += time.perf_counter() - start
+
+  def seconds(self) -> float:
+    return round(time.perf_counter() - self.start - self.excluded, 3)
+
+  def record(self, step: int, accuracy: float, other_accuracy: float) -> None:
+    wall = self.seconds()
+    self.curve.append((step, accuracy, wall, other_accuracy))
     for target in self.targets:
       if accuracy >= target and target not in self.reached:
         self.reached[target] = {'step': step, 'wall_s': wall}
@@ -69,8 +88,7 @@ class Clock:
     stop = ('targets reached' if len(self.reached) == len(self.targets) else
             'step cap' if step >= self.num_steps else 'budget')
     return {'reached': {str(t): self.reached.get(t) for t in self.targets}, 'steps': step,
-            'stopped_by': stop, 'wall_s': round(time.perf_counter() - self.start, 3),
-            'curve': self.curve}
+            'stopped_by': stop, 'wall_s': self.seconds(), 'curve': self.curve}
 
 
 def time_jax(config: config_lib.Config, data: tuple, clock: Clock) -> dict:
@@ -88,7 +106,11 @@ def time_jax(config: config_lib.Config, data: tuple, clock: Clock) -> dict:
       state, _ = trainer(state, next(chunks))
       step += trainer.steps_in_call(step)
       if step % config.eval_every == 0 or step == config.num_steps:
-        clock.record(step, evaluator.accuracy(state, arrays.test_images, arrays.test_labels))
+        accuracy = evaluator.accuracy(state, arrays.test_images, arrays.test_labels)
+        with clock.paused():
+          other = evaluator.accuracy(state, arrays.test_images, arrays.test_labels,
+                                     OTHER_PARAMS[config.eval_params])
+        clock.record(step, accuracy, other)
   return clock.result(step)
 
 
@@ -105,8 +127,11 @@ def time_torch(config: config_lib.Config, data: tuple, clock: Clock, device: str
     trainer.train_step({k: v[0] for k, v in next(batches).items()})
     step += 1
     if step % config.eval_every == 0 or step == config.num_steps:
-      clock.record(step, trainer.accuracy(arrays.test_images, arrays.test_labels,
-                                          config.eval_params))
+      accuracy = trainer.accuracy(arrays.test_images, arrays.test_labels, config.eval_params)
+      with clock.paused():
+        other = trainer.accuracy(arrays.test_images, arrays.test_labels,
+                                 OTHER_PARAMS[config.eval_params])
+      clock.record(step, accuracy, other)
   return {**clock.result(step), **precision}
 
 
@@ -125,21 +150,27 @@ def ratios(runs: dict) -> dict:
 def markdown(record: dict) -> str:
   """Steps and wall seconds to each target, per trainer, and the torch/JAX ratio."""
   config, runs = record['config'], record['runs']
+  params, other = config['eval_params'], OTHER_PARAMS[config['eval_params']]
   targets = next(iter(runs.values()))['reached'] if runs else {}
   rows = [f"{config['dataset']}, {config['num_labeled']} labels, batch {config['batch_size']}, "
           f"evaluated every {config['eval_every']} steps, step cap {config['num_steps']}, "
           f"{config['compute_dtype']} at matmul precision {config['matmul_precision']}; "
           f"{record['environment']['devices']}, jax {record['environment']['jax']}. "
           f"Command: `{record['environment']['command']}`", '',
+          f'Targets are timed with the {params} parameters.', '',
           '| trainer | ' + ' | '.join(f'to {100 * float(t):g} %: step, wall s' for t in targets)
-          + ' | stopped by | best test accuracy |',
-          '|---|' + '---|' * len(targets) + '---|---|']
+          + f' | stopped by | last test accuracy, {params} | last, {other} | best, {params} |'
+          f' best, {other} |',
+          '|---|' + '---|' * len(targets) + '---|---|---|---|---|']
+  percent = lambda a: 'n/a' if a is None else f'{100 * a:.2f} %'
   for name, run in runs.items():
     cells = [f"{hit['step']}, {hit['wall_s']:.1f}" if hit else
              f"not reached by step {run['steps']}" for hit in run['reached'].values()]
-    best = max((a for _, a, _ in run['curve']), default=None)
+    last = run['curve'][-1] if run['curve'] else (None,) * 4
+    best = [max((point[i] for point in run['curve']), default=None) for i in (1, 3)]
     rows.append(f"| {name} ({run['device']}) | " + ' | '.join(cells) +
-                f" | {run['stopped_by']} | {'n/a' if best is None else f'{100 * best:.2f} %'} |")
+                f" | {run['stopped_by']} | {percent(last[1])} | {percent(last[3])} | "
+                f"{percent(best[0])} | {percent(best[1])} |")
   if record['torch_over_jax']:
     rows += ['', 'torch wall s / JAX wall s: ' + ', '.join(
         f"to {100 * float(t):g} % {r:.2f}x" if r else f"to {100 * float(t):g} % n/a"

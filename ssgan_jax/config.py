@@ -14,6 +14,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 MATMUL_PRECISIONS = ('default', 'high', 'highest')
 EVAL_PARAMS = ('ema', 'raw')
 LABEL_SELECTIONS = ('random', 'representative')
+WEIGHT_NORM_INITS = ('data', 'unit')
+WEIGHT_NORM_SCALES = ('output', 'all')
 
 
 def _field(default, help_text: str):
@@ -49,6 +51,8 @@ class Config:
   gen_loss: str = _field('feature_matching', 'Generator loss: feature_matching, nonsaturating or both.')
   feature_norm: str = _field('l2', 'Feature matching distance: l2 (MNIST reference) or l1 (CIFAR/SVHN reference).')
   unsup_weight: float = _field(1.0, "Weight of the unsupervised loss in D's loss.")
+  weight_norm_init: str = _field('data', "Weight-normalised layers' scale g and bias at init: data (chosen from the init batch for zero-mean, unit-variance outputs: the reference) or unit (g = 1, bias 0; the MNIST generator's output layer starts so either way, as in the reference). Not resnet18.")
+  weight_norm_scales: str = _field('output', 'Weight-normalised layers whose scale g trains: output (the output layers of D and G: the reference) or all. Not resnet18.')
   # "Improved Techniques" switches (Salimans et al. 2016, section 3), all off by default.
   historical_averaging: float = _field(0.0, "Weight w of w * ||theta - mean of past theta||^2 "
                                        "added to each player's loss; 0 = off.")
@@ -132,6 +136,14 @@ def validate(config: Config) -> None:
   _check_choice(config, 'feature_norm', losses.FEATURE_NORMS)
   _check_choice(config, 'eval_params', EVAL_PARAMS)
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
+  _check_choice(config, 'weight_norm_init', WEIGHT_NORM_INITS)
+  _check_choice(config, 'weight_norm_scales', WEIGHT_NORM_SCALES)
+  if config.model == 'resnet18':
+    for name in ('weight_norm_init', 'weight_norm_scales'):
+      if getattr(config, name) != getattr(Config(), name):
+        raise ConfigError(name, getattr(config, name), 'applies only to the weight-normalised '
+                          'models (mlp, conv_small, conv_large, mlp_points); resnet18 has '
+                          f'batch norm: use {getattr(Config(), name)}')
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
   _check_choice(config, 'matmul_precision', MATMUL_PRECISIONS)

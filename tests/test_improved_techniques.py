@@ -139,7 +139,11 @@ def test_minibatch_evaluation_compares_groups_of_the_training_size():
     ({'one_sided_label_smoothing': 0.9, 'mode': 'supervised'}, 'one_sided_label_smoothing'),
     ({'minibatch_kernels': -1}, 'minibatch_kernels'),
     ({'minibatch_kernel_dim': 0}, 'minibatch_kernel_dim'),
-    ({'minibatch_kernels': 3, 'batch_size': 100, 'eval_batch_size': 250}, 'eval_batch_size')])
+    ({'minibatch_kernels': 3, 'batch_size': 100, 'eval_batch_size': 250}, 'eval_batch_size'),
+    ({'weight_norm_init': 'zero'}, 'weight_norm_init'),
+    ({'weight_norm_scales': 'hidden'}, 'weight_norm_scales'),
+    ({'weight_norm_init': 'unit', 'model': 'resnet18'}, 'weight_norm_init'),
+    ({'weight_norm_scales': 'all', 'model': 'resnet18'}, 'weight_norm_scales')])
 def test_bad_switch_values_name_the_flag(changes, flag):
   with pytest.raises(config_lib.ConfigError, match=f'^--{flag}='):
     config_lib.validate(config_lib.Config(**changes))

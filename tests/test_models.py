@@ -271,6 +271,34 @@ def test_generator_output_layer_without_data_init():
   np.testing.assert_array_equal(head['bias'], 0.0)
 
 
+@pytest.mark.parametrize('family', ['mlp', 'conv_small'])
+def test_weight_norm_unit_init_and_all_scales_trained(family):
+  """WeightNorm('unit', 'all') (--weight_norm_init=unit --weight_norm_scales=all) starts
+  every scale at 1 and bias at 0 and trains every scale (no 'constants'); the kernels are
+  those of the default init."""
+  choice = models.WeightNorm('unit', 'all')
+  d = models.MODEL_FAMILIES[family].discriminator(K + 1).clone(weight_norm=choice)
+  variables = d.init(jax.random.key(0), random_images(family))
+  assert set(variables) == {'params'}
+  default = discriminator(family)[1]
+  expected = {**flax.traverse_util.flatten_dict(default['params']),
+              **flax.traverse_util.flatten_dict(default['constants'])}
+  params = flax.traverse_util.flatten_dict(variables['params'])
+  assert set(params) == set(expected)
+  for path, value in params.items():
+    if path[-2:] == ('ScaleBias_0', 'scale'):
+      np.testing.assert_array_equal(value, 1.0)
+    elif path[-2:] == ('ScaleBias_0', 'bias'):
+      np.testing.assert_array_equal(value, 0.0)
+    else:
+      np.testing.assert_allclose(value, expected[path], rtol=1e-5, atol=1e-7, err_msg=str(path))
+  if family != 'mlp':  # the conv G's output layer; the MLP G's starts at 1 whatever the choice
+    g = generator(family)[0].clone(weight_norm=choice)
+    head = g.init(jax.random.key(0), generator(family)[2])['params']['WNConv_0']['ScaleBias_0']
+    np.testing.assert_array_equal(head['scale'], 1.0)
+    np.testing.assert_array_equal(head['bias'], 0.0)
+
+
 # ---------------------------------------------------------------------------
 # 4. Weight normalisation.
 

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import flax
 import jax
 import numpy as np
 import optax
@@ -43,9 +44,9 @@ def noiseless_config(family, **changes) -> Config:
 
 
 @functools.lru_cache
-def jax_setup(family: str, unsup_loss: str = 'salimans') -> train.Setup:
+def jax_setup(family: str, unsup_loss: str = 'salimans', **changes) -> train.Setup:
   """train.Setup with noise and dropout off in D (ResNet-18 has none)."""
-  config = noiseless_config(family, unsup_loss=unsup_loss)
+  config = noiseless_config(family, unsup_loss=unsup_loss, **changes)
   info = input_pipeline.DatasetInfo(num_classes=10, image_shape=SHAPES[family], train_size=None)
   setup = train.Setup.create(config, info)
   if family == 'resnet18':
@@ -54,7 +55,7 @@ def jax_setup(family: str, unsup_loss: str = 'salimans') -> train.Setup:
   disc = (models.MlpDiscriminator(num_outputs, input_noise=0, hidden_noise=0)
           if family == 'mlp' else
           models.ConvDiscriminator(num_outputs, (64, 128), input_dropout=0, hidden_dropout=0))
-  return dataclasses.replace(setup, disc=disc)
+  return dataclasses.replace(setup, disc=train.with_weight_norm(disc, config))
 
 
 def torch_trainer(setup: train.Setup, state: train.TrainState) -> torch_train.TorchTrainer:
@@ -126,7 +127,8 @@ def test_resnet_forward_matches_flax():
     if 'running' in name:  # the grouped pass above updated them; the last pass did too
       continue
     assert_close(value, expected[name], 1e-6)
-  eval_disc = torch_module(family.discriminator(10, SHAPES['resnet18']), eval_variables)
+  eval_disc = torch_module(family.discriminator(10, SHAPES['resnet18'], models.WeightNorm()),
+                           eval_variables)
   assert_close(eval_disc(torch_x)[0], setup.disc.apply(eval_variables, x)[0], 1e-5)
 
   z = models.sample_latent(jax.random.split(jax.random.key(3), 4))
@@ -143,8 +145,8 @@ def test_data_dependent_init_matches_flax(family):
   images = random_images(family, 32, seed=2)
   variables = setup.disc.init(jax.random.key(0),
                               models.MODEL_FAMILIES[family].scale_pixels(images))
-  disc = torch_module(torch_models.MODEL_FAMILIES[family].discriminator(10, SHAPES[family]),
-                      variables)
+  disc = torch_module(torch_models.MODEL_FAMILIES[family].discriminator(
+      10, SHAPES[family], models.WeightNorm()), variables)
   expected = {k: v.clone() for k, v in disc.state_dict().items()}
   for m in disc.modules():
     if isinstance(m, torch_models.ScaleBias):
@@ -229,10 +231,10 @@ TRAIN_STEP_CASES = [
     ('resnet18', 'ssl', 'salimans', 'nonsaturating')]
 
 
-def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str):
-  """One jitted JAX train step from a fixed state and batch, with SMOOTH_EPS_ROOT's Adam:
-  (setup, state before, batch, state after, metrics)."""
-  setup = jax_setup(family, unsup_loss)
+def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str, **changes):
+  """One jitted JAX train step from a fixed state and batch, with SMOOTH_EPS_ROOT's Adam,
+  and the config's other `changes`: (setup, state before, batch, state after, metrics)."""
+  setup = jax_setup(family, unsup_loss, **changes)
   setup = dataclasses.replace(setup, config=setup.config.replace(
       mode=mode, gen_loss=gen_loss, feature_norm='l1' if family != 'mlp' else 'l2'))
   setup = dataclasses.replace(setup, optimizer=optax.adam(
@@ -252,7 +254,25 @@ def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str):
 def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
   """One D step (and in ssl mode one G step) from the same state and latents gives the same
   parameters and losses."""
-  setup, state, batch, after, metrics = jax_train_step(family, mode, unsup_loss, gen_loss)
+  check_train_step(family, mode, unsup_loss, gen_loss)
+
+
+def test_train_step_with_unit_init_and_every_scale_trained_matches_flax():
+  """--weight_norm_init=unit --weight_norm_scales=all: both start every scale at 1 and train
+  all of them (D's hidden scales are parameters, no longer buffers)."""
+  trainer, after = check_train_step('mlp', 'ssl', 'salimans', 'feature_matching',
+                                    weight_norm_init='unit', weight_norm_scales='all')
+  assert not list(trainer.disc.buffers())
+  scales = [value for path, value in flax.traverse_util.flatten_dict(after.disc_params).items()
+            if path[-1] == 'scale']
+  assert len(scales) == 6 and all(np.any(s != 1.0) for s in scales)  # each started at 1
+
+
+def check_train_step(family, mode, unsup_loss, gen_loss, **changes):
+  """Asserts that `jax_train_step`'s step and the reference's agree; returns the reference's
+  trainer and JAX's state after the step."""
+  setup, state, batch, after, metrics = jax_train_step(family, mode, unsup_loss, gen_loss,
+                                                       **changes)
   trainer = torch_trainer(setup, state)
   for optimizer in filter(None, (trainer.disc_opt, trainer.gen_opt)):
     for group in optimizer.param_groups:
@@ -271,6 +291,7 @@ def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
   for module, expected_module in ((trainer.disc, expected.disc), (trainer.gen, expected.gen)):
     for name, value in (expected_module.state_dict() if expected_module else {}).items():
       assert_close(module.state_dict()[name], value, 1e-4)
+  return trainer, after
 
 
 def train_step_outputs(cases) -> dict:

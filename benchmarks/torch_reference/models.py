@@ -7,7 +7,8 @@ the pixels in the same order.
 Weight-normalised layers compute w = g * v / ||v|| plus a bias. Their scale g and bias are
 set from the first batch they see while `pending_init` is true (data-dependent init, on the
 init batch with noise on, as in Flax's `init`); untrained scales are buffers, the
-counterpart of Flax's 'constants' collection. Noise and dropout are on in train mode and
+counterpart of Flax's 'constants' collection. A `WeightNorm` (ssgan_jax's) chooses, as in
+Flax, whether they start from the data and which scales train. Noise and dropout are on in train mode and
 off in eval mode (Flax: with and without example keys). The generators' batch norm always
 normalises with the statistics of the batch, as the Flax generator does.
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from ssgan_jax.networks import models as jax_models, resnet as jax_resnet
 
 LATENT_DIM = jax_models.LATENT_DIM
+WeightNorm = jax_models.WeightNorm
 _MLP_V_STD = 0.1
 _CONV_V_STD = 0.05
 
@@ -111,13 +113,13 @@ class WNConv2d(nn.Module):
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1,
                padding: str = 'SAME', transpose: bool = False, init_scale: float = 1.0,
-               trainable_scale: bool = False):
+               trainable_scale: bool = False, data_init: bool = True):
     super().__init__()
     self.stride, self.padding, self.transpose = stride, padding, transpose
     shape = ((in_channels, out_channels) if transpose else (out_channels, in_channels))
     self.v = nn.Parameter(torch.empty(*shape, kernel, kernel))
     _normal(_CONV_V_STD)(self.v)
-    self.scale_bias = ScaleBias(out_channels, init_scale, trainable_scale)
+    self.scale_bias = ScaleBias(out_channels, init_scale, trainable_scale, data_init)
 
   def forward(self, x):
     if self.transpose:
@@ -161,11 +163,12 @@ class MlpDiscriminator(nn.Module):
 
   def __init__(self, num_outputs: int, in_features: int,
                hidden: Sequence[int] = (1000, 500, 250, 250, 250), input_noise: float = 0.3,
-               hidden_noise: float = 0.5):
+               hidden_noise: float = 0.5, weight_norm: WeightNorm = WeightNorm()):
     super().__init__()
     widths = [in_features, *hidden]
-    self.hidden = nn.ModuleList(WNLinear(i, o) for i, o in zip(widths[:-1], widths[1:]))
-    self.output = WNLinear(widths[-1], num_outputs, trainable_scale=True)
+    self.hidden = nn.ModuleList(WNLinear(i, o, **weight_norm.layer())
+                                for i, o in zip(widths[:-1], widths[1:]))
+    self.output = WNLinear(widths[-1], num_outputs, **weight_norm.layer(output=True))
     self.input_noise = GaussianNoise(input_noise)
     self.hidden_noise = GaussianNoise(hidden_noise)
 
@@ -204,20 +207,24 @@ class ConvDiscriminator(nn.Module):
   """The 32x32 convolutional discriminator on NCHW images; widths (96, 192) or (64, 128)."""
 
   def __init__(self, num_outputs: int, in_channels: int, widths: Sequence[int] = (96, 192),
-               input_dropout: float = 0.2, hidden_dropout: float = 0.5):
+               input_dropout: float = 0.2, hidden_dropout: float = 0.5,
+               weight_norm: WeightNorm = WeightNorm()):
     super().__init__()
     narrow, wide = widths
     self.input_dropout = nn.Dropout(input_dropout)
     self.hidden_dropout = nn.Dropout(hidden_dropout)
+    hidden = weight_norm.layer()
     blocks = []
     for c_in, width in ((in_channels, narrow), (narrow, wide)):
-      blocks.append(nn.ModuleList([WNConv2d(c_in, width), WNConv2d(width, width),
-                                   WNConv2d(width, width, stride=2)]))
+      blocks.append(nn.ModuleList([WNConv2d(c_in, width, **hidden),
+                                   WNConv2d(width, width, **hidden),
+                                   WNConv2d(width, width, stride=2, **hidden)]))
     self.blocks = nn.ModuleList(blocks)
-    self.head = nn.ModuleList([WNConv2d(wide, wide, padding='VALID'),
-                               WNConv2d(wide, wide, kernel=1), WNConv2d(wide, wide, kernel=1)])
+    self.head = nn.ModuleList([WNConv2d(wide, wide, padding='VALID', **hidden),
+                               WNConv2d(wide, wide, kernel=1, **hidden),
+                               WNConv2d(wide, wide, kernel=1, **hidden)])
     self.output = WNLinear(wide, num_outputs, v_init=_normal(_CONV_V_STD), init_scale=0.1,
-                           trainable_scale=True)
+                           **weight_norm.layer(output=True))
 
   def forward(self, images_BxCxHxW):
     lrelu = lambda x: F.leaky_relu(x, 0.2)
@@ -235,7 +242,7 @@ class ConvDiscriminator(nn.Module):
 class ConvGenerator(nn.Module):
   """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh), NCHW."""
 
-  def __init__(self, image_shape: Sequence[int]):
+  def __init__(self, image_shape: Sequence[int], weight_norm: WeightNorm = WeightNorm()):
     super().__init__()
     self.project = nn.Linear(LATENT_DIM, 4 * 4 * 512, bias=False)
     _normal(_CONV_V_STD)(self.project.weight)
@@ -245,7 +252,7 @@ class ConvGenerator(nn.Module):
         for c_in, c_out in ((512, 256), (256, 128)))
     self.upsample_norms = nn.ModuleList(BatchNormBias(c) for c in (256, 128))
     self.output = WNConv2d(128, image_shape[-1], kernel=5, stride=2, transpose=True,
-                           init_scale=0.1, trainable_scale=True)
+                           init_scale=0.1, **weight_norm.layer(output=True))
 
   def forward(self, z_BxZ):
     h = F.relu(self.project_norm(self.project(z_BxZ)))
@@ -363,8 +370,11 @@ class DcganGenerator(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
   """A discriminator/generator pair and how uint8 NHWC images become their inputs."""
-  discriminator: Callable[[int, Sequence[int]], nn.Module]  # num_outputs, image shape -> D
-  generator: Callable[[Sequence[int]], nn.Module]           # image shape -> G
+  # num_outputs, image shape, WeightNorm -> D; image shape, WeightNorm -> G. A model whose
+  # weight normalisation has no choices (batch norm; the MLP G's one output layer, which
+  # starts at g = 1 as in the reference) ignores the WeightNorm, as Flax's has no such field.
+  discriminator: Callable[[int, Sequence[int], WeightNorm], nn.Module]
+  generator: Callable[[Sequence[int], WeightNorm], nn.Module]
   pixel_range: tuple[float, float]
   channels_first: bool
   disc_batch_norm: bool = False  # D takes (x, group_size, stats_groups)
@@ -378,21 +388,23 @@ class ModelFamily:
 
 def _conv_family(name: str, widths) -> ModelFamily:
   return ModelFamily(
-      discriminator=lambda n, shape: ConvDiscriminator(n, shape[-1], widths),
+      discriminator=lambda n, shape, weight_norm: ConvDiscriminator(
+          n, shape[-1], widths, weight_norm=weight_norm),
       generator=ConvGenerator, pixel_range=jax_models.MODEL_FAMILIES[name].pixel_range,
       channels_first=True)
 
 
 MODEL_FAMILIES = {
     'mlp': ModelFamily(
-        discriminator=lambda n, shape: MlpDiscriminator(n, math.prod(shape)),
-        generator=MlpGenerator, pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range,
+        discriminator=lambda n, shape, weight_norm: MlpDiscriminator(
+            n, math.prod(shape), weight_norm=weight_norm),
+        generator=lambda shape, _: MlpGenerator(shape), pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range,
         channels_first=False),
     'conv_small': _conv_family('conv_small', (64, 128)),
     'conv_large': _conv_family('conv_large', (96, 192)),
     'resnet18': ModelFamily(
-        discriminator=lambda n, shape: ResNet18Discriminator(n, shape[-1]),
-        generator=DcganGenerator, pixel_range=jax_models.MODEL_FAMILIES['resnet18'].pixel_range,
+        discriminator=lambda n, shape, _: ResNet18Discriminator(n, shape[-1]),
+        generator=lambda shape, _: DcganGenerator(shape), pixel_range=jax_models.MODEL_FAMILIES['resnet18'].pixel_range,
         channels_first=True, disc_batch_norm=True),
 }
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import losses, models
-from ssgan_jax.config import Config, ConfigError, ema_decay
+from ssgan_jax.config import (WEIGHT_NORM_INITS, WEIGHT_NORM_SCALES, Config, ConfigError,
+                              ema_decay)
 
 # Images for the data-dependent init, as ssgan_jax.training.train.INIT_BATCH_SIZE (not imported: that
 # module needs TensorFlow for its metric writers, and this one should run without it).
@@ -89,7 +90,8 @@ class Ema:
 IMPLEMENTED = {
     'model': tuple(models.MODEL_FAMILIES), 'unsup_loss': tuple(losses.HEADS),
     'mode': ('ssl', 'supervised'), 'gen_loss': ('feature_matching', 'nonsaturating', 'both'),
-    'feature_norm': ('l2', 'l1'),
+    'feature_norm': ('l2', 'l1'), 'weight_norm_init': WEIGHT_NORM_INITS,
+    'weight_norm_scales': WEIGHT_NORM_SCALES,
 }
 # Settings the reference reads, or that change only how ssgan_jax computes the same step. Any
 # other one (historical averaging, label smoothing, minibatch discrimination, bfloat16
@@ -164,8 +166,9 @@ class TorchTrainer:
     torch.manual_seed(config.seed)
     schedule = lambda count: learning_rate(config, count)
 
-    self.disc = self.family.discriminator(num_classes + self.head.extra_outputs,
-                                          image_shape).to(self.device)
+    weight_norm = models.WeightNorm(config.weight_norm_init, config.weight_norm_scales)
+    self.disc = self.family.discriminator(num_classes + self.head.extra_outputs, image_shape,
+                                          weight_norm).to(self.device)
     init_images = self._to_input(init_images_uint8[:INIT_BATCH_SIZE])
     models.data_dependent_init(self.disc, init_images)  # in train mode: noise on
     self.disc_opt = Adam(self.disc.parameters(), schedule, config.adam_beta1)
@@ -173,7 +176,7 @@ class TorchTrainer:
     self.eval_disc = copy.deepcopy(self.disc).eval()
     self.gen = self.gen_opt = None
     if self.ssl:
-      self.gen = self.family.generator(image_shape).to(self.device)
+      self.gen = self.family.generator(image_shape, weight_norm).to(self.device)
       models.data_dependent_init(self.gen, self._latents(len(init_images)))
       self.gen_opt = Adam(self.gen.parameters(), schedule, config.adam_beta1)
     self._disc_fn, self._gen_fn = self.disc, self.gen

@@ -16,6 +16,7 @@ Every weight-normalised layer is w = g * v / ||v|| plus a bias, with g and the b
 chosen at init from the init batch so the layer's outputs start with zero mean and
 unit variance (data-dependent init, Salimans & Kingma 2016). As in the reference code,
 g is trained only in the output layers; elsewhere it stays at its initial value.
+`WeightNorm` (--weight_norm_init, --weight_norm_scales) chooses otherwise.
 """
 import dataclasses
 import functools
@@ -37,6 +38,18 @@ _MLP_V_INIT = nn.initializers.normal(0.1)
 _MLP_GEN_INIT = nn.initializers.glorot_uniform()
 _CONV_V_INIT = nn.initializers.normal(0.05)
 _MINIBATCH_V_INIT = nn.initializers.normal(0.05)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightNorm:
+  """How a model's weight-normalised layers start and which of their scales g train; the
+  defaults are the reference's."""
+  init: str = 'data'      # data: g and bias from the init batch; unit: g = 1 and bias 0
+  scales: str = 'output'  # output: only the output layers train g; all: every layer does
+
+  def layer(self, output: bool = False) -> dict:
+    """`ScaleBias` settings of a hidden layer, or with `output` of an output layer."""
+    return {'data_init': self.init == 'data', 'trainable_scale': output or self.scales == 'all'}
 
 
 class ScaleBias(nn.Module):
@@ -163,6 +176,7 @@ class WNConv(nn.Module):
   transpose: bool = False
   init_scale: float = 1.0
   trainable_scale: bool = False
+  data_init: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -173,7 +187,8 @@ class WNConv(nn.Module):
     else:
       layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms,
                    unit_norm=True, dtype=self.dtype)
-    return ScaleBias(self.init_scale, self.trainable_scale, dtype=self.dtype)(layer(x))
+    return ScaleBias(self.init_scale, self.trainable_scale, self.data_init,
+                     self.dtype)(layer(x))
 
 
 @dataclasses.dataclass
@@ -275,6 +290,7 @@ class MlpDiscriminator(nn.Module):
   hidden_noise: float = 0.5
   minibatch_kernels: int = 0
   minibatch_kernel_dim: int = 5
+  weight_norm: WeightNorm = WeightNorm()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -284,14 +300,14 @@ class MlpDiscriminator(nn.Module):
     h = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1).astype(self.dtype)
     h = noise.gaussian(h, self.input_noise)
     for width in self.hidden:
-      h = nn.relu(WNDense(width, dtype=self.dtype)(h))
+      h = nn.relu(WNDense(width, **self.weight_norm.layer(), dtype=self.dtype)(h))
       features_BxF = h
       h = noise.gaussian(h, self.hidden_noise)
     if self.minibatch_kernels:
       h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim,
                                   self.dtype)(h, group_size)
-    return as_float32(WNDense(self.num_outputs, trainable_scale=True, dtype=self.dtype)(h),
-                    features_BxF)
+    return as_float32(WNDense(self.num_outputs, **self.weight_norm.layer(output=True),
+                              dtype=self.dtype)(h), features_BxF)
 
 
 class MlpGenerator(nn.Module):
@@ -327,6 +343,7 @@ class ConvDiscriminator(nn.Module):
   hidden_dropout: float = 0.5
   minibatch_kernels: int = 0
   minibatch_kernel_dim: int = 5
+  weight_norm: WeightNorm = WeightNorm()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -336,7 +353,8 @@ class ConvDiscriminator(nn.Module):
     lrelu = lambda x: nn.leaky_relu(x, 0.2)
     narrow, wide = self.widths
     h = noise.dropout(images_BxHxWxC.astype(self.dtype), self.input_dropout)
-    conv = functools.partial(WNConv, algorithms=self.algorithms, dtype=self.dtype)
+    conv = functools.partial(WNConv, algorithms=self.algorithms, **self.weight_norm.layer(),
+                             dtype=self.dtype)
     for width in (narrow, wide):
       h = lrelu(conv(width)(h))
       h = lrelu(conv(width)(h))
@@ -349,7 +367,7 @@ class ConvDiscriminator(nn.Module):
     if self.minibatch_kernels:
       h = MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim,
                                   self.dtype)(h, group_size)
-    logits = WNDense(self.num_outputs, init_scale=0.1, trainable_scale=True,
+    logits = WNDense(self.num_outputs, init_scale=0.1, **self.weight_norm.layer(output=True),
                      v_init=_CONV_V_INIT, dtype=self.dtype)(h)
     return as_float32(logits, features_BxF)
 
@@ -359,6 +377,7 @@ class ConvGenerator(nn.Module):
   image_shape: Sequence[int]
   algorithms: KernelChoices = KernelChoices()
   axis_name: Optional[str] = None
+  weight_norm: WeightNorm = WeightNorm()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -372,7 +391,8 @@ class ConvGenerator(nn.Module):
     for width in (256, 128):
       h = norm_relu(ConvTranspose(width, 5, 2, self.algorithms, dtype=self.dtype)(h))
     return as_float32(jnp.tanh(WNConv(self.image_shape[-1], self.algorithms, kernel=5, stride=2,
-                                    transpose=True, init_scale=0.1, trainable_scale=True,
+                                    transpose=True, init_scale=0.1,
+                                    **self.weight_norm.layer(output=True),
                                     dtype=self.dtype)(h)))
 
 

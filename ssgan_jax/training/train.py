@@ -69,11 +69,11 @@ class Setup:
     head = losses.HEADS[config.unsup_loss]
     return cls(config=config, family=family, head=head, num_classes=info.num_classes,
                image_shape=info.image_shape,
-               disc=family.discriminator(info.num_classes + head.extra_outputs,
-                                         kernel_choices(config)).clone(
-                   minibatch_kernels=config.minibatch_kernels,
-                   minibatch_kernel_dim=config.minibatch_kernel_dim,
-                   dtype=jnp.dtype(config.compute_dtype)),
+               disc=with_weight_norm(family.discriminator(
+                   info.num_classes + head.extra_outputs, kernel_choices(config)).clone(
+                       minibatch_kernels=config.minibatch_kernels,
+                       minibatch_kernel_dim=config.minibatch_kernel_dim,
+                       dtype=jnp.dtype(config.compute_dtype)), config),
                # The reference Adam adds its epsilon inside the square root.
                optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
                                     eps=0.0, eps_root=1e-8),
@@ -88,8 +88,19 @@ class Setup:
     return self.config.minibatch_group_size or self.config.batch_size // jax.device_count()
 
   def generator(self, axis_name: Optional[str]):
-    return self.family.generator(self.image_shape, axis_name, kernel_choices(self.config)).clone(
-        dtype=jnp.dtype(self.config.compute_dtype))
+    generator = self.family.generator(self.image_shape, axis_name, kernel_choices(self.config))
+    return with_weight_norm(generator.clone(dtype=jnp.dtype(self.config.compute_dtype)),
+                            self.config)
+
+
+def with_weight_norm(module: flax.linen.Module, config: Config) -> flax.linen.Module:
+  """`module` with the config's weight normalisation where it has the `weight_norm` field
+  (models with batch norm have none, nor does the MLP generator, whose one weight-normalised
+  layer starts at g = 1 and trains g, as the reference's does)."""
+  if not hasattr(module, 'weight_norm'):
+    return module
+  return module.clone(weight_norm=models.WeightNorm(config.weight_norm_init,
+                                                    config.weight_norm_scales))
 
 
 def kernel_choices(config: Config) -> kernels.KernelChoices:
