@@ -84,6 +84,7 @@ class Config:
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
   num_steps: int = _field(1000, 'Train steps in all (a resumed run continues to this).')
+  gen_steps: int = _field(1, "G updates after each D update, each on fresh latents and the same unlabeled batch (the reference: 1). ssl mode only.")
   learning_rate: float = _field(0.003, 'Adam learning rate of D and G.')
   adam_beta1: float = _field(0.5, 'Adam beta1.')
   lr_decay_fraction: float = _field(0.0, 'Fraction of the steps, at the end, over which the rate falls linearly to 0.')
@@ -152,7 +153,7 @@ def validate(config: Config) -> None:
   _check_choice(config, 'conv_kernel_gradient', kernels.KERNEL_GRADIENTS)
   _check_choice(config, 'dropout_sampler', kernels.DROPOUT_SAMPLERS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
-               'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch'):
+               'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch', 'gen_steps'):
     _check_at_least(config, name, 1)
   for name in ('num_steps', 'num_validation', 'unsup_weight', 'seed', 'label_seed',
                'historical_averaging', 'minibatch_kernels', 'sample_every'):
@@ -169,6 +170,9 @@ def validate(config: Config) -> None:
   if not 0.5 < config.one_sided_label_smoothing <= 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'must be in (0.5, 1]; 1 = off')
+  if config.mode != 'ssl' and config.gen_steps != 1:
+    raise ConfigError('gen_steps', config.gen_steps,
+                      'applies only to --mode=ssl (use 1 with --mode=supervised)')
   if config.mode != 'ssl' and config.one_sided_label_smoothing != 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'applies only to --mode=ssl (use 1 with --mode=supervised)')

@@ -71,7 +71,8 @@ def max_relative_difference(a, b) -> float:
 
 def sgd_setup(config: Config, info) -> train.Setup:
   return dataclasses.replace(train.Setup.create(config, info),
-                             optimizer=optax.sgd(config.learning_rate))
+                             optimizer=optax.sgd(config.learning_rate),
+                             gen_optimizer=optax.sgd(config.learning_rate))
 
 
 def train_with(config: Config, data, initial_state, num_devices: int,

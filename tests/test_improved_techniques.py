@@ -141,6 +141,8 @@ def test_minibatch_evaluation_compares_groups_of_the_training_size():
     ({'minibatch_kernel_dim': 0}, 'minibatch_kernel_dim'),
     ({'minibatch_kernels': 3, 'batch_size': 100, 'eval_batch_size': 250}, 'eval_batch_size'),
     ({'weight_norm_init': 'zero'}, 'weight_norm_init'),
+    ({'gen_steps': 0}, 'gen_steps'),
+    ({'gen_steps': 2, 'mode': 'supervised'}, 'gen_steps'),
     ({'weight_norm_scales': 'hidden'}, 'weight_norm_scales'),
     ({'weight_norm_init': 'unit', 'model': 'resnet18'}, 'weight_norm_init'),
     ({'weight_norm_scales': 'all', 'model': 'resnet18'}, 'weight_norm_scales')])

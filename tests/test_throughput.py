@@ -8,16 +8,18 @@ import pytest
 from without_tensorflow import REPO, run_module
 
 
-def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_path):
+def test_tiny_benchmark_reports_speed_cost_versions_and_torch_without_tensorflow(tmp_path):
+  """One run: the JAX row, the matmul peaks, the profile, and the PyTorch reference timed in
+  the same round robin."""
   result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', '--steps=1',
-                      '--warmup=1', '--repeats=1', '--matmul_size=64', '--profile_top=3',
-                      f'--out_dir={tmp_path}')
+                      '--warmup=1', '--repeats=3', '--matmul_size=64', '--profile_top=3',
+                      '--torch', '--torch_modes=eager', f'--out_dir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
   header, rows = records[0], {r['kind']: r for r in records[1:]}
   assert header['platform'] == 'cpu' and header['num_local_devices'] == 1
   assert header['jax'] and header['jaxlib'] and header['device_kind']
-  row = rows['jax']
+  [row] = [r for r in records if r['kind'] == 'jax']
   assert (row['model'], row['global_batch'], row['num_devices']) == ('mlp', 4, 1)
   assert (row['parallel'], row['compute_dtype']) == ('pmap', 'float32')
   assert row['steps_per_s'] > 0 and row['images_per_s'] == 4 * row['steps_per_s']
@@ -31,9 +33,13 @@ def test_tiny_benchmark_reports_speed_cost_and_versions_without_tensorflow(tmp_p
   assert len(ops) == 3 and all(op['ms_per_step'] > 0 and op['shape'] for op in ops)
   assert ops[0]['ms_per_step'] >= ops[-1]['ms_per_step']
   assert 0 < sum(op['share'] for op in ops) <= 1 and all(op['opcode'] for op in ops)
+  [torch_row] = [r for r in records if r['kind'] == 'torch']
+  assert (torch_row['mode'], torch_row['device']) == ('eager', 'cpu')
+  assert len(torch_row['steps_per_s_repeats']) == len(row['steps_per_s_repeats']) == 3
+  assert torch_row['jax_over_torch'] == row['steps_per_s'] / torch_row['steps_per_s'] > 0
   table = (tmp_path / 'throughput.md').read_text()
   assert '| mlp | 4 | 1 | default |' in table and 'PROJECTION, not a measurement' in table
-  assert f"| {ops[0]['name']} | " in table
+  assert f"| {ops[0]['name']} | " in table and '| mlp | 4 | eager |' in table
 
 
 def test_gradient_algorithms_are_counted_at_xla_s_flops():
@@ -66,20 +72,6 @@ def test_flop_count_matches_a_hand_count_of_one_layer():
       a, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))).lower(images, kernel)
   assert throughput.cost_per_step(conv.compile())['flops'] == pytest.approx(
       2 * 8 * 30 * 30 * 64 * 64 * 9, rel=0.01)
-
-
-def test_torch_reference_is_timed_in_the_same_round_robin(tmp_path):
-  result = run_module('benchmarks.throughput', '--models=mlp', '--batch_sizes=4', '--steps=1',
-                      '--warmup=1', '--repeats=3', '--matmul_size=64', '--torch',
-                      '--torch_modes=eager', f'--out_dir={tmp_path}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  records = [json.loads(line) for line in (tmp_path / 'throughput.jsonl').read_text().splitlines()]
-  [jax_row] = [r for r in records if r['kind'] == 'jax']
-  [torch_row] = [r for r in records if r['kind'] == 'torch']
-  assert (torch_row['mode'], torch_row['device']) == ('eager', 'cpu')
-  assert len(torch_row['steps_per_s_repeats']) == len(jax_row['steps_per_s_repeats']) == 3
-  assert torch_row['jax_over_torch'] == jax_row['steps_per_s'] / torch_row['steps_per_s'] > 0
-  assert '| mlp | 4 | eager |' in (tmp_path / 'throughput.md').read_text()
 
 
 @pytest.mark.parametrize('flag,message', [

@@ -184,11 +184,18 @@ def test_losses_match_flax(unsup_loss):
 
 
 def test_learning_rate_matches_jax_schedule():
-  config = Config(num_steps=30, learning_rate=0.01, lr_decay_fraction=1 / 3)
+  config = Config(num_steps=30, learning_rate=0.01, lr_decay_fraction=1 / 3, gen_steps=2)
   schedule = train.learning_rate_schedule(config)
+  trainer = torch_train.TorchTrainer(config.replace(model='mlp'), 10, SHAPES['mlp'],
+                                     random_images('mlp', 8, seed=9))
+  gen_schedule = train.learning_rate_schedule(config, config.gen_steps)
   for count in (0, 19, 20, 21, 25, 29, 30, 40):
     assert torch_train.learning_rate(config, count) == pytest.approx(float(schedule(count)),
                                                                      abs=1e-9)
+    # G makes gen_steps updates a step; its rate follows the steps.
+    assert float(gen_schedule(2 * count + 1)) == float(schedule(count))
+    assert trainer.gen_opt.schedule(2 * count + 1) == pytest.approx(float(schedule(count)),
+                                                                    abs=1e-9)
 
 
 def test_adam_and_ema_match_optax():
@@ -237,9 +244,11 @@ def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str, **cha
   setup = jax_setup(family, unsup_loss, **changes)
   setup = dataclasses.replace(setup, config=setup.config.replace(
       mode=mode, gen_loss=gen_loss, feature_norm='l1' if family != 'mlp' else 'l2'))
-  setup = dataclasses.replace(setup, optimizer=optax.adam(
-      train.learning_rate_schedule(setup.config), b1=setup.config.adam_beta1, eps=0.0,
-      eps_root=SMOOTH_EPS_ROOT))
+  setup = dataclasses.replace(
+      setup, optimizer=train.adam(setup.config, train.learning_rate_schedule(setup.config),
+                                  SMOOTH_EPS_ROOT),
+      gen_optimizer=train.adam(setup.config, train.learning_rate_schedule(
+          setup.config, setup.config.gen_steps), SMOOTH_EPS_ROOT))
   b = BATCH[family]
   state = train.create_train_state(setup, random_images(family, 32, seed=0))
   images = random_images(family, 3 * b, seed=1)
@@ -268,6 +277,14 @@ def test_train_step_with_unit_init_and_every_scale_trained_matches_flax():
   assert len(scales) == 6 and all(np.any(s != 1.0) for s in scales)  # each started at 1
 
 
+def test_train_step_with_two_generator_updates_matches_flax():
+  """--gen_steps=2: both update G twice on fresh latents; G's Adam counts two updates."""
+  trainer, after = check_train_step('mlp', 'ssl', 'salimans', 'feature_matching',
+                                    gen_steps=2)
+  assert int(after.gen_opt_state[0].count) == trainer.gen_opt.count == 2
+  assert int(after.disc_opt_state[0].count) == trainer.disc_opt.count == 1
+
+
 def check_train_step(family, mode, unsup_loss, gen_loss, **changes):
   """Asserts that `jax_train_step`'s step and the reference's agree; returns the reference's
   trainer and JAX's state after the step."""
@@ -280,8 +297,10 @@ def check_train_step(family, mode, unsup_loss, gen_loss, **changes):
   b = BATCH[family]
   # The latents train_step draws at step 0 (the streams' ids are train's constants).
   step_key = jax.random.fold_in(jax.random.key(setup.config.seed), 0)
+  gen_streams = [train._GEN_LATENT + k * train._NUM_STREAMS
+                 for k in range(setup.config.gen_steps)]
   latents = [models.sample_latent(train.example_keys(step_key, stream, b, None))
-             for stream in (train._DISC_LATENT, train._GEN_LATENT)]
+             for stream in (train._DISC_LATENT, *gen_streams)]
   torch_metrics = trainer.train_step(batch, latents=latents)
   for name, value in metrics.items():
     # Gradient norms differ more than losses: the kinks above, where roundoff picks a side.

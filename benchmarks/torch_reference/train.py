@@ -97,8 +97,8 @@ IMPLEMENTED = {
 # other one (historical averaging, label smoothing, minibatch discrimination, bfloat16
 # compute, ...) it has only at its default.
 OTHER_FIELDS = frozenset({
-    'unsup_weight', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed', 'batch_size',
-    'eval_batch_size', 'num_steps', 'learning_rate', 'adam_beta1', 'lr_decay_fraction',
+    'unsup_weight', 'gen_steps', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed',
+    'batch_size', 'eval_batch_size', 'num_steps', 'learning_rate', 'adam_beta1', 'lr_decay_fraction',
     'ema_decay', 'ema_horizon', 'eval_params', 'dataset', 'data_dir', 'num_labeled', 'label_seed',
     'label_selection', 'num_validation', 'parallel', 'conv_transpose', 'conv_input_gradient',
     'conv_kernel_gradient', 'steps_per_dispatch', 'data_on_device', 'donate_state',
@@ -178,7 +178,10 @@ class TorchTrainer:
     if self.ssl:
       self.gen = self.family.generator(image_shape, weight_norm).to(self.device)
       models.data_dependent_init(self.gen, self._latents(len(init_images)))
-      self.gen_opt = Adam(self.gen.parameters(), schedule, config.adam_beta1)
+      # G's schedule counts train steps, as ssgan_jax's does with several G updates a step.
+      self.gen_opt = Adam(self.gen.parameters(),
+                          lambda count: learning_rate(config, count // config.gen_steps),
+                          config.adam_beta1)
     self._disc_fn, self._gen_fn = self.disc, self.gen
     if compile:
       self._disc_fn = torch.compile(self.disc)
@@ -192,17 +195,18 @@ class TorchTrainer:
     return torch.rand(batch_size, models.LATENT_DIM, device=self.device)
 
   def train_step(self, batch: dict, latents: Optional[tuple] = None) -> dict:
-    """One D update, then (in ssl mode) one G update; returns 0-d metric tensors.
+    """One D update, then (in ssl mode) --gen_steps G updates; returns 0-d metric tensors
+    (G's from its last update).
 
-    `latents`, if given, is the pair (D's, G's) of BxZ latent arrays to use instead of
-    fresh ones (for comparing against the JAX step).
+    `latents`, if given, holds the BxZ latent arrays to use instead of fresh ones (for
+    comparing against the JAX step): D's, then one per G update.
     """
     config, head = self.config, self.head
     x_lab = self._to_input(batch['labeled_images'])
     labels = torch.as_tensor(batch['labels'], device=self.device).long()
     b = len(x_lab)
-    z_disc, z_gen = ((self._latents(b), self._latents(b)) if latents is None else
-                     (torch.as_tensor(np.array(z), device=self.device) for z in latents))
+    z_disc, *z_gen = ([self._latents(b) for _ in range(1 + config.gen_steps)] if latents is None
+                      else [torch.as_tensor(np.array(z), device=self.device) for z in latents])
 
     # D's batch norm: one group per part, running averages from the real parts (as train_step).
     groups = ({'group_size': b, 'stats_groups': 2 if self.ssl else 1}
@@ -239,17 +243,18 @@ class TorchTrainer:
       with torch.no_grad():  # G's gradient does not flow through the real images' pass
         _, real_features = self._disc_fn(self._to_input(batch['unlabeled_images_gen']),
                                          **groups)
-    outputs, fake_features = self._disc_fn(self._gen_fn(z_gen), **groups)
-    g_loss = 0.0
-    if feature_matching:
-      g_loss = g_loss + losses.feature_matching(real_features, fake_features,
-                                                config.feature_norm)
-    if config.gen_loss in ('nonsaturating', 'both'):
-      g_loss = g_loss + losses.nonsaturating(head.real_logit(outputs))
-    self.gen_opt.zero_grad(set_to_none=True)
-    g_loss.backward(inputs=list(self.gen.parameters()))
-    metrics.update(gen_loss=g_loss, gen_grad_norm=grad_norm(self.gen.parameters()))
-    self.gen_opt.step()
+    for z in z_gen:
+      outputs, fake_features = self._disc_fn(self._gen_fn(z), **groups)
+      g_loss = 0.0
+      if feature_matching:
+        g_loss = g_loss + losses.feature_matching(real_features, fake_features,
+                                                  config.feature_norm)
+      if config.gen_loss in ('nonsaturating', 'both'):
+        g_loss = g_loss + losses.nonsaturating(head.real_logit(outputs))
+      self.gen_opt.zero_grad(set_to_none=True)
+      g_loss.backward(inputs=list(self.gen.parameters()))
+      metrics.update(gen_loss=g_loss, gen_grad_norm=grad_norm(self.gen.parameters()))
+      self.gen_opt.step()
     metrics['gen_param_norm'] = global_norm(self.gen.parameters())
     return {k: v.detach() for k, v in metrics.items()}
 

@@ -25,9 +25,11 @@ from ssgan_jax.config import (Config, ConfigError, check_divisible_by_devices, e
                              lr_decay_start, with_group_size)
 
 AXIS = 'batch'
-# Per-step random streams: each folds the step key with its own id.
+# Per-step random streams: each folds the step key with its own id. G's k-th update after
+# the first (--gen_steps) draws its latents and noise from these ids plus k * _NUM_STREAMS.
+_NUM_STREAMS = 7
 (_LABELED_NOISE, _UNLABELED_NOISE, _FAKE_NOISE, _DISC_LATENT, _GEN_LATENT,
- _GEN_UNLABELED_NOISE, _GEN_FAKE_NOISE) = range(7)
+ _GEN_UNLABELED_NOISE, _GEN_FAKE_NOISE) = range(_NUM_STREAMS)
 # Images for the data-dependent initialisation, as in the reference code.
 INIT_BATCH_SIZE = 500
 
@@ -60,7 +62,8 @@ class Setup:
   num_classes: int
   image_shape: tuple
   disc: Any
-  optimizer: optax.GradientTransformation
+  optimizer: optax.GradientTransformation      # D's
+  gen_optimizer: optax.GradientTransformation  # G's: its schedule counts steps, not updates
   ema: optax.GradientTransformation
 
   @classmethod
@@ -74,9 +77,8 @@ class Setup:
                        minibatch_kernels=config.minibatch_kernels,
                        minibatch_kernel_dim=config.minibatch_kernel_dim,
                        dtype=jnp.dtype(config.compute_dtype)), config),
-               # The reference Adam adds its epsilon inside the square root.
-               optimizer=optax.adam(learning_rate_schedule(config), b1=config.adam_beta1,
-                                    eps=0.0, eps_root=1e-8),
+               optimizer=adam(config, learning_rate_schedule(config)),
+               gen_optimizer=adam(config, learning_rate_schedule(config, config.gen_steps)),
                ema=optax.ema(ema_decay(config), debias=True))
 
   def eval_group_size(self) -> Optional[int]:
@@ -109,15 +111,22 @@ def kernel_choices(config: Config) -> kernels.KernelChoices:
                                config.conv_kernel_gradient, config.dropout_sampler).resolve()
 
 
-def learning_rate_schedule(config: Config) -> optax.Schedule:
-  """Constant, then linear to 0 over the last `lr_decay_fraction` of the steps."""
+def learning_rate_schedule(config: Config, updates_per_step: int = 1) -> optax.Schedule:
+  """Constant, then linear to 0 over the last `lr_decay_fraction` of the steps, for an
+  optimizer that makes `updates_per_step` updates each train step."""
   decay_start = lr_decay_start(config)
   if decay_start == config.num_steps:
     return optax.constant_schedule(config.learning_rate)
-  return optax.join_schedules(
+  schedule = optax.join_schedules(
       [optax.constant_schedule(config.learning_rate),
        optax.linear_schedule(config.learning_rate, 0.0, config.num_steps - decay_start)],
       [decay_start])
+  return lambda count: schedule(count // updates_per_step)
+
+
+def adam(config: Config, schedule: optax.Schedule, eps_root: float = 1e-8):
+  """The reference's Adam, which adds its epsilon inside the square root."""
+  return optax.adam(schedule, b1=config.adam_beta1, eps=0.0, eps_root=eps_root)
 
 
 def example_keys(step_key: jax.Array, stream: int, batch_size: int,
@@ -151,7 +160,7 @@ def _initial_state(setup: Setup, init_images_uint8: jax.Array) -> TrainState:
     gen_variables = setup.generator(None).clone(dtype=jnp.float32).init(
         gen_key, models.sample_latent(keys(_DISC_LATENT)))
     gen_params, gen_batch_stats = gen_variables['params'], gen_variables['batch_stats']
-    gen_opt_state = setup.optimizer.init(gen_params)
+    gen_opt_state = setup.gen_optimizer.init(gen_params)
   history = config.historical_averaging > 0
   return TrainState(step=jnp.zeros([], jnp.int32), disc_params=disc_params,
                     disc_constants=disc_variables, disc_opt_state=setup.optimizer.init(disc_params),
@@ -172,10 +181,11 @@ def eval_disc_variables(setup: Setup, state: TrainState, which: str) -> dict:
 
 def train_step(setup: Setup, state: TrainState, batch: dict,
                axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
-  """One update of D (supervised + unsupervised loss) and then G, on one device's shard.
+  """One update of D (supervised + unsupervised loss) and then --gen_steps of G, on one
+  device's shard.
 
-  Gradients and metrics are averaged over `axis_name`. Randomness comes from
-  (seed, step, stream, global example index) only.
+  Gradients and metrics are averaged over `axis_name` (G's metrics are its last update's).
+  Randomness comes from (seed, step, stream, global example index) only.
   """
   config, disc, head = setup.config, setup.disc, setup.head
   mean = (lambda x: x) if axis_name is None else functools.partial(jax.lax.pmean,
@@ -262,12 +272,12 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     x_unl_gen = setup.family.scale_pixels(batch['unlabeled_images_gen'])
     (_, real_features), _ = disc_apply(disc_variables, x_unl_gen, keys(_GEN_UNLABELED_NOISE),
                                        group_size=group_size)
-  z = models.sample_latent(keys(_GEN_LATENT))
+  past_mean = state.gen_past_mean
 
-  def gen_loss(params):
-    fake, updated = generator.apply({'params': params, 'batch_stats': state.gen_batch_stats},
+  def gen_loss(params, batch_stats, z, fake_keys):
+    fake, updated = generator.apply({'params': params, 'batch_stats': batch_stats},
                                     z, mutable=['batch_stats'])
-    (outputs, fake_features), _ = disc_apply(disc_variables, fake, keys(_GEN_FAKE_NOISE),
+    (outputs, fake_features), _ = disc_apply(disc_variables, fake, fake_keys,
                                              group_size=group_size)
     loss = 0.0
     if feature_matching:
@@ -276,20 +286,22 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     if config.gen_loss in ('nonsaturating', 'both'):
       loss += losses.nonsaturating(head.real_logit(outputs))
     if history:
-      loss += config.historical_averaging * losses.historical_averaging(
-          params, state.gen_past_mean)
+      loss += config.historical_averaging * losses.historical_averaging(params, past_mean)
     return loss, updated['batch_stats']
 
-  (g_loss, gen_batch_stats), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
-      state.gen_params)
-  g_grads = mean(g_grads)
-  updates, gen_opt_state = setup.optimizer.update(g_grads, state.gen_opt_state,
-                                                  state.gen_params)
   if history:
     state = state.replace(gen_past_mean=losses.update_past_mean(
-        state.gen_past_mean, state.gen_params, step))
-  state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
-                        gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
+        past_mean, state.gen_params, step))
+  for k in range(config.gen_steps):
+    stream = lambda name: keys(name + k * _NUM_STREAMS)
+    (g_loss, gen_batch_stats), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
+        state.gen_params, state.gen_batch_stats, models.sample_latent(stream(_GEN_LATENT)),
+        stream(_GEN_FAKE_NOISE))
+    g_grads = mean(g_grads)
+    updates, gen_opt_state = setup.gen_optimizer.update(g_grads, state.gen_opt_state,
+                                                        state.gen_params)
+    state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
+                          gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
   metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads),
                  gen_param_norm=optax.tree.norm(state.gen_params))
   return state, mean(metrics)
