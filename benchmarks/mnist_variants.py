@@ -88,12 +88,17 @@ def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
 
 def error_stats(records: list[dict]) -> dict:
   """Test error in percent with the EMA parameters (mean, sample std, count) and with the raw
-  ones (mean, sample std)."""
+  ones (mean, sample std); the mean validation accuracy in percent at each evaluation step of
+  every record ([step, accuracy] pairs); the mean wall seconds."""
   errors = [100 * (1 - r['test_accuracy']) for r in records]
   raw = [100 * (1 - r['test_accuracy_raw']) for r in records]
   spread = lambda values: statistics.stdev(values) if len(values) > 1 else math.nan
+  curves = [dict(r['validation_curve']) for r in records]
+  steps = sorted(set.intersection(*(set(curve) for curve in curves)))
   return {'mean': statistics.mean(errors), 'std': spread(errors), 'n': len(errors),
           'errors': errors, 'raw_mean': statistics.mean(raw), 'raw_std': spread(raw),
+          'validation_curve': [[step, 100 * statistics.mean(c[step] for c in curves)]
+                               for step in steps],
           'wall_seconds': statistics.mean(r['wall_seconds'] for r in records)}
 
 
@@ -109,9 +114,13 @@ def verdict(stats: dict, baseline: dict) -> str:
 
 
 def markdown(record: dict) -> str:
+  """One row per variant: test error with the average (per seed) and raw, the verdict
+  against the baseline, the mean validation curve and the mean wall clock."""
   baseline = record['variants'][BASELINE]
-  rows = ['| variant | flags | test error (%), EMA | vs salimans (pts) | verdict | '
-          'test error (%), raw | mean wall s |', '|---|---|---|---|---|---|---|']
+  steps = [f'{step:,}' for step, _ in baseline['validation_curve']]
+  rows = ['| variant | flags | test error (%), EMA (per seed) | vs salimans (pts) | verdict | '
+          f'test error (%), raw | mean validation accuracy (%) at steps {" / ".join(steps)} | '
+          'mean wall s |', '|---|---|---|---|---|---|---|---|']
   for name, stats in record['variants'].items():
     if not stats:
       continue
@@ -122,9 +131,11 @@ def markdown(record: dict) -> str:
       diff_text = f"{stats['mean'] - baseline['mean']:+.2f}"
       verdict_text = verdict(stats, baseline)
     spread = lambda key: f" ± {stats[key]:.2f}" if stats['n'] > 1 else ''
-    rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f}{spread('std')} (n={stats['n']}) | "
+    per_seed = ', '.join(f'{e:.2f}' for e in stats['errors'])
+    curve = ' / '.join(f'{accuracy:.1f}' for _, accuracy in stats['validation_curve'])
+    rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f}{spread('std')} ({per_seed}) | "
                 f"{diff_text} | {verdict_text} | {stats['raw_mean']:.2f}{spread('raw_std')} | "
-                f"{stats['wall_seconds']:.0f} |")
+                f"{curve} | {stats['wall_seconds']:.0f} |")
   return '\n'.join(rows) + '\n'
 
 
