@@ -1,4 +1,5 @@
 """The train step on fixed batches, and whole runs through train_and_evaluate on mock data."""
+import dataclasses
 import functools
 import pathlib
 import re
@@ -208,3 +209,13 @@ def test_non_finite_metrics_stop_training_at_the_first_bad_step_with_the_loss():
                      match='diverged at step 9: disc_loss=nan, gen_loss=1$'):
     train.finite_means(metrics, 10)
 
+
+
+def test_mnist_fast_flagfile_is_the_mnist_flagfile_with_the_changes_its_header_names():
+  parse = lambda name: dataclasses.asdict(
+      ssgan_main.parse_config([f'--flagfile={REPO / "experiments" / name}'])[0])
+  fast, reference = parse('mnist_fast.flags'), parse('mnist.flags')
+  changed = {name: value for name, value in fast.items() if value != reference[name]}
+  assert changed == {'weight_norm_init': 'unit', 'gen_steps': 2}
+  header = (REPO / 'experiments' / 'mnist_fast.flags').read_text()
+  assert all(f'--{name}={value}' in header for name, value in changed.items())
