@@ -266,21 +266,17 @@ def test_train_step_matches_flax(family, mode, unsup_loss, gen_loss):
   check_train_step(family, mode, unsup_loss, gen_loss)
 
 
-def test_train_step_with_unit_init_and_every_scale_trained_matches_flax():
-  """--weight_norm_init=unit --weight_norm_scales=all: both start every scale at 1 and train
-  all of them (D's hidden scales are parameters, no longer buffers)."""
+def test_train_step_with_the_early_game_choices_matches_flax():
+  """--weight_norm_init=unit --weight_norm_scales=all --gen_steps=2: both start every scale
+  at 1 and train all of them (D's hidden scales are parameters, no longer buffers), and both
+  update G twice on fresh latents, G's Adam counting two updates."""
   trainer, after = check_train_step('mlp', 'ssl', 'salimans', 'feature_matching',
-                                    weight_norm_init='unit', weight_norm_scales='all')
+                                    weight_norm_init='unit', weight_norm_scales='all',
+                                    gen_steps=2)
   assert not list(trainer.disc.buffers())
   scales = [value for path, value in flax.traverse_util.flatten_dict(after.disc_params).items()
             if path[-1] == 'scale']
   assert len(scales) == 6 and all(np.any(s != 1.0) for s in scales)  # each started at 1
-
-
-def test_train_step_with_two_generator_updates_matches_flax():
-  """--gen_steps=2: both update G twice on fresh latents; G's Adam counts two updates."""
-  trainer, after = check_train_step('mlp', 'ssl', 'salimans', 'feature_matching',
-                                    gen_steps=2)
   assert int(after.gen_opt_state[0].count) == trainer.gen_opt.count == 2
   assert int(after.disc_opt_state[0].count) == trainer.disc_opt.count == 1
 
