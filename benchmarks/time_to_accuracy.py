@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from absl import app, flags
 import jax
@@ -73,6 +73,13 @@ class Clock:
   def seconds(self) -> float:
     return round(time.perf_counter() - self.start - self.excluded, 3)
 
+  def evaluate(self, step: int, accuracy: Callable[[str], float], params: str) -> None:
+    """Records `accuracy(params)` at `step`, and the other parameters' with the clock paused."""
+    value = accuracy(params)
+    with self.paused():
+      other = accuracy(OTHER_PARAMS[params])
+    self.record(step, value, other)
+
   def record(self, step: int, accuracy: float, other_accuracy: float) -> None:
     wall = self.seconds()
     self.curve.append((step, accuracy, wall, other_accuracy))
@@ -106,11 +113,8 @@ def time_jax(config: config_lib.Config, data: tuple, clock: Clock) -> dict:
       state, _ = trainer(state, next(chunks))
       step += trainer.steps_in_call(step)
       if step % config.eval_every == 0 or step == config.num_steps:
-        accuracy = evaluator.accuracy(state, arrays.test_images, arrays.test_labels)
-        with clock.paused():
-          other = evaluator.accuracy(state, arrays.test_images, arrays.test_labels,
-                                     OTHER_PARAMS[config.eval_params])
-        clock.record(step, accuracy, other)
+        clock.evaluate(step, lambda which: evaluator.accuracy(
+            state, arrays.test_images, arrays.test_labels, which), config.eval_params)
   return clock.result(step)
 
 
@@ -127,11 +131,8 @@ def time_torch(config: config_lib.Config, data: tuple, clock: Clock, device: str
     trainer.train_step({k: v[0] for k, v in next(batches).items()})
     step += 1
     if step % config.eval_every == 0 or step == config.num_steps:
-      accuracy = trainer.accuracy(arrays.test_images, arrays.test_labels, config.eval_params)
-      with clock.paused():
-        other = trainer.accuracy(arrays.test_images, arrays.test_labels,
-                                 OTHER_PARAMS[config.eval_params])
-      clock.record(step, accuracy, other)
+      clock.evaluate(step, lambda which: trainer.accuracy(
+          arrays.test_images, arrays.test_labels, which), config.eval_params)
   return {**clock.result(step), **precision}
 
 

@@ -142,9 +142,10 @@ def validate(config: Config) -> None:
   if config.model == 'resnet18':
     for name in ('weight_norm_init', 'weight_norm_scales'):
       if getattr(config, name) != getattr(Config(), name):
+        weight_normalised = ', '.join(m for m in MODELS if m != 'resnet18')
         raise ConfigError(name, getattr(config, name), 'applies only to the weight-normalised '
-                          'models (mlp, conv_small, conv_large, mlp_points); resnet18 has '
-                          f'batch norm: use {getattr(Config(), name)}')
+                          f'models ({weight_normalised}); resnet18 has batch norm: use '
+                          f'{getattr(Config(), name)}')
   _check_choice(config, 'parallel', PARALLEL_MODES)
   _check_choice(config, 'compute_dtype', COMPUTE_DTYPES)
   _check_choice(config, 'matmul_precision', MATMUL_PRECISIONS)

@@ -8,8 +8,8 @@ Weight-normalised layers compute w = g * v / ||v|| plus a bias. Their scale g an
 set from the first batch they see while `pending_init` is true (data-dependent init, on the
 init batch with noise on, as in Flax's `init`); untrained scales are buffers, the
 counterpart of Flax's 'constants' collection. A `WeightNorm` (ssgan_jax's) chooses, as in
-Flax, whether they start from the data and which scales train. Noise and dropout are on in train mode and
-off in eval mode (Flax: with and without example keys). The generators' batch norm always
+Flax, whether they start from the data and which scales train. Noise and dropout are on in
+train mode and off in eval mode (Flax: with and without example keys). The generators' batch norm always
 normalises with the statistics of the batch, as the Flax generator does.
 """
 import dataclasses
@@ -398,8 +398,8 @@ MODEL_FAMILIES = {
     'mlp': ModelFamily(
         discriminator=lambda n, shape, weight_norm: MlpDiscriminator(
             n, math.prod(shape), weight_norm=weight_norm),
-        generator=lambda shape, _: MlpGenerator(shape), pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range,
-        channels_first=False),
+        generator=lambda shape, _: MlpGenerator(shape),
+        pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range, channels_first=False),
     'conv_small': _conv_family('conv_small', (64, 128)),
     'conv_large': _conv_family('conv_large', (96, 192)),
     'resnet18': ModelFamily(
