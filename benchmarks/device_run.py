@@ -39,7 +39,8 @@ _SMOKE = flags.DEFINE_boolean('smoke', False, 'Every part on CPU with the MLP, t
 _PRECISION = flags.DEFINE_enum('matmul_precision', 'default', config_lib.MATMUL_PRECISIONS,
                                "JAX's matmul precision of every part (torch matched on CUDA).")
 
-XLA_S = 'conv_transpose=dilated,conv_input_gradient=dilated,conv_kernel_gradient=xla'
+XLA_S = ('conv_transpose=dilated,conv_input_gradient=dilated,conv_kernel_gradient=xla,'
+         'conv_tiny_maps=xla')
 HAND_WRITTEN = ('conv_transpose=phases,conv_input_gradient=phases',
                 'conv_transpose=subpixel,conv_input_gradient=subpixel',
                 'conv_kernel_gradient=patches')

@@ -79,6 +79,7 @@ class Config:
   conv_transpose: str = _field('auto', "G's transposed convolutions: phases, subpixel, dilated (lax.conv_transpose) or auto (same values; see docs/flags.md).")
   conv_input_gradient: str = _field('auto', "Strided convolutions' input gradients: dilated (XLA's own), phases, subpixel or auto (same values; see docs/flags.md).")
   conv_kernel_gradient: str = _field('auto', "Convolutions' kernel gradients: patches, xla (XLA's own) or auto (same values; see docs/flags.md).")
+  conv_tiny_maps: str = _field('auto', "Convolutions of maps of at most 2 x 2 pixels (ResNet-18's last stage at 64 px): patches (one matrix product), xla (XLA's own) or auto (patches on CPU; see docs/flags.md).")
   dropout_sampler: str = _field('auto', 'How dropout masks are drawn: bernoulli (jax.random.bernoulli), bits (a few bits per element) or auto (bits on CPU; same distribution).')
   steps_per_dispatch: int = _field(1, 'Train steps per compiled call (lax.scan); logging, evaluation and checkpoints still happen at their steps.')
   data_on_device: bool = _field(False, 'Keep the train images on each device and gather every batch there from host-drawn indices.')
@@ -108,7 +109,7 @@ RESUMABLE_FIELDS = frozenset({
     'data_dir', 'num_steps', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
     'log_every', 'eval_batch_size', 'eval_params',
     'sample_every', 'quiet', 'parallel', 'conv_transpose', 'conv_input_gradient',
-    'conv_kernel_gradient', 'matmul_precision', 'ema_horizon',
+    'conv_kernel_gradient', 'conv_tiny_maps', 'matmul_precision', 'ema_horizon',
     'steps_per_dispatch', 'data_on_device', 'donate_state',
 })
 
@@ -152,6 +153,7 @@ def validate(config: Config) -> None:
   _check_choice(config, 'conv_transpose', kernels.CONV_TRANSPOSE_ALGORITHMS)
   _check_choice(config, 'conv_input_gradient', kernels.INPUT_GRADIENTS)
   _check_choice(config, 'conv_kernel_gradient', kernels.KERNEL_GRADIENTS)
+  _check_choice(config, 'conv_tiny_maps', kernels.TINY_MAP_ALGORITHMS)
   _check_choice(config, 'dropout_sampler', kernels.DROPOUT_SAMPLERS)
   for name in ('num_labeled', 'batch_size', 'eval_batch_size', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'log_every', 'steps_per_dispatch', 'gen_steps'):

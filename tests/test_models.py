@@ -539,6 +539,29 @@ def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradi
   assert_same_function(ours, flax_conv, x, output_shape)
 
 
+@pytest.mark.parametrize('input_hw,kernel,stride,padding', [
+    ((2, 2), 3, 1, 'SAME'), ((1, 1), 3, 1, 'SAME'), ((2, 1), 3, 2, 'SAME'), ((2, 2), 1, 1, 'SAME'),
+    ((2, 2), 2, 1, 'VALID'), ((2, 2), 3, 1, ((2, 0), (-1, 2)))])
+def test_tiny_maps_by_patches_are_xla_s_convolution(input_hw, kernel, stride, padding):
+  """Tiny maps by patches: XLA's outputs and gradients, for odd and even kernels, strides,
+  'SAME', 'VALID' and uneven or negative padding, with no convolution in the compiled step."""
+  x = jax.random.normal(jax.random.key(0), (3, *input_hw, 5))
+  weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 5, 4))
+  ours = lambda x, w: kernels.conv(x, w, stride, padding, kernels.KernelChoices(
+      tiny_maps='patches', backend='cpu'))
+  xla = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y, xla_vjp = jax.vjp(xla, x, weights)
+  dy = jax.random.normal(jax.random.key(2), y.shape)
+  y_ours, our_vjp = jax.vjp(ours, x, weights)
+  np.testing.assert_allclose(y_ours, y, rtol=1e-5, atol=1e-5)
+  for grad, expected in zip(our_vjp(dy), xla_vjp(dy)):
+    assert np.max(np.abs(expected)) > 0
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+  step = jax.jit(lambda x, w: jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), (0, 1))(x, w))
+  assert ' convolution(' not in step.lower(x, weights).compile().as_text()
+
+
 @pytest.mark.parametrize('input_gradient', ['phases', 'subpixel', 'dilated'])
 @pytest.mark.parametrize('kernel_gradient', ['patches', 'xla'])
 def test_bfloat16_conv_gradients_keep_their_dtype(input_gradient, kernel_gradient):
@@ -647,17 +670,18 @@ def test_images_per_chunk_is_the_largest_divisor_that_fits(batch, budget_images,
 
 
 @pytest.mark.parametrize('backend,ynnpack,expected', [
-    ('cpu', True, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'patches', 'bits')),
-    ('cpu', False, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'xla', 'bits')),
-    ('gpu', False, ('dilated', 'dilated', 'xla', 'bernoulli')),
-    ('tpu', False, ('dilated', 'dilated', 'xla', 'bernoulli'))])
+    ('cpu', True, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'patches', 'bits', 'patches')),
+    ('cpu', False, (kernels.BY_WIDTH, kernels.BY_WIDTH, 'xla', 'bits', 'patches')),
+    ('gpu', False, ('dilated', 'dilated', 'xla', 'bernoulli', 'xla')),
+    ('tpu', False, ('dilated', 'dilated', 'xla', 'bernoulli', 'xla'))])
 def test_auto_resolves_to_xla_s_own_algorithms_off_cpu(backend, ynnpack, expected):
   """'auto' is XLA's own everywhere but CPU; there strided input gradients and transposed
   convolutions skip the zeros, by phase from PHASE_MIN_FEATURES channels, kernel gradients
-  come from patches where YNNPACK convolves, dropout from bits. Named algorithms hold
-  everywhere."""
+  come from patches where YNNPACK convolves, dropout from bits, tiny maps' convolutions from
+  patches. Named algorithms hold everywhere."""
   auto = kernels.KernelChoices().resolve(backend, ynnpack)
-  assert (auto.transpose, auto.input_gradient, auto.kernel_gradient, auto.dropout) == expected
+  assert (auto.transpose, auto.input_gradient, auto.kernel_gradient, auto.dropout,
+          auto.tiny_maps) == expected
   assert auto.backend == backend and auto.resolve(backend) == auto
   assert auto.patch_kernel_gradient() == ynnpack
   on_cpu = backend == 'cpu'
@@ -671,6 +695,11 @@ def test_auto_resolves_to_xla_s_own_algorithms_off_cpu(backend, ynnpack, expecte
   assert named(kernel_gradient='patches').patch_kernel_gradient()
   assert not named(kernel_gradient='xla').patch_kernel_gradient()
   assert named(dropout='bits').bits_dropout() and not named(dropout='bernoulli').bits_dropout()
+  tiny, small = (kernels.TINY_MAP_PIXELS,) * 2, (kernels.TINY_MAP_PIXELS + 1, 1)
+  assert auto.conv_by_patches(tiny) == on_cpu and not auto.conv_by_patches(small)
+  assert named(tiny_maps='patches').conv_by_patches(tiny)
+  assert not named(tiny_maps='patches').conv_by_patches(small)
+  assert not named(tiny_maps='xla').conv_by_patches(tiny)
   for name in ('phases', 'subpixel', 'dilated'):
     for channels in (wide, narrow):
       assert named(input_gradient=name).input_gradient_algorithm(channels) == name

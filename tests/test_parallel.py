@@ -122,6 +122,7 @@ def test_bfloat16_compute_trains_float32_parameters_and_stays_close_to_float32()
     (dict(conv_transpose='fft'), '--conv_transpose=fft: allowed: auto, phases, subpixel, dilated'),
     (dict(conv_input_gradient='fft'), '--conv_input_gradient=fft: allowed: auto, phases, subpixel, dilated'),
     (dict(conv_kernel_gradient='fft'), '--conv_kernel_gradient=fft: allowed: auto, patches, xla'),
+    (dict(conv_tiny_maps='fft'), '--conv_tiny_maps=fft: allowed: auto, patches, xla'),
     (dict(dropout_sampler='fast'), '--dropout_sampler=fast: allowed: auto, bits, bernoulli'),
     (dict(matmul_precision='tf32'), '--matmul_precision=tf32: allowed: default, high, highest'),
 ])

@@ -36,7 +36,7 @@ FLAG_GROUPS = {
                               'eval_batch_size', 'quiet', 'verbose', 'step'),
     'speed': ('parallel', 'compute_dtype', 'matmul_precision', 'steps_per_dispatch', 'data_on_device',
               'donate_state', 'conv_transpose', 'conv_input_gradient', 'conv_kernel_gradient',
-              'dropout_sampler'),
+              'conv_tiny_maps', 'dropout_sampler'),
     'several processes': ('coordinator_address', 'num_processes', 'process_id', 'distributed'),
 }
 _HELP_ARGS = ('--help', '-help', '-h', '-?', '--helpfull', '--helpshort')

@@ -17,6 +17,9 @@
   converts those to NHWC for its Eigen kernels outside loops only; inside a loop (a scan of
   several train steps) it runs them through a generic path, the kernel gradients hundreds of
   times slower (jax-ml/jax#12868; benchmarks/results/scan_gradients_ab/).
+- `conv_by_patches`: a convolution as one matrix product of image patches and the kernel,
+  for feature maps of at most `kernels.TINY_MAP_PIXELS` a side (ResNet-18's last stage at
+  64 px), where XLA:CPU's convolutions ran 6 to 70 times slower.
 - `bernoulli_mask`: dropout masks from a few random bits per element.
 """
 from __future__ import annotations  # kernels imports this module and is imported here
@@ -50,6 +53,34 @@ def images_per_chunk(batch: int, bytes_per_image: int, budget: int = PATCH_CHUNK
   return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
 
 
+def pad_images(x_BxHxWxC, padding: Padding):
+  """x zero-padded in height and width; negative padding crops."""
+  return jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+                     ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+
+
+def image_patches(x_padded_BxHxWxC, kernel_hw: tuple[int, int], stride: int,
+                  out_hw: tuple[int, int]):
+  """The R*S shifted views that a convolution's taps read, side by side: (B, P, Q, R*S*C)."""
+  (rows, cols), (out_h, out_w) = kernel_hw, out_hw
+  shifted = [x_padded_BxHxWxC[:, i:i + stride * (out_h - 1) + 1:stride,
+                              j:j + stride * (out_w - 1) + 1:stride, :]
+             for i in range(rows) for j in range(cols)]
+  return jnp.concatenate(shifted, axis=-1)
+
+
+def conv_by_patches(x_BxHxWxC, kernel_RxSxCxF, stride: int, padding: Padding):
+  """`xla_conv(x, kernel, stride, padding)` as one matrix product of the image patches and
+  the kernel as an (R*S*C, F) matrix. Its gradients are JAX's rules for pads, slices and a
+  matrix product: no convolution anywhere."""
+  rows, cols, channels, features = kernel_RxSxCxF.shape
+  x_padded = pad_images(x_BxHxWxC, padding)
+  out_hw = tuple((size - kernel) // stride + 1
+                 for size, kernel in zip(x_padded.shape[1:3], (rows, cols)))
+  patches_BxPxQxRSC = image_patches(x_padded, (rows, cols), stride, out_hw)
+  return jnp.matmul(patches_BxPxQxRSC, kernel_RxSxCxF.reshape(rows * cols * channels, features))
+
+
 def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int], stride: int,
                                padding: Padding, chunk_bytes: int = PATCH_CHUNK_BYTES):
   """The kernel gradient of `xla_conv(x, kernel, stride, padding)` for output gradient dy.
@@ -63,17 +94,14 @@ def kernel_gradient_by_patches(x_BxHxWxC, dy_BxPxQxF, kernel_hw: tuple[int, int]
   batch, _, _, channels = x_BxHxWxC.shape
   _, out_h, out_w, features = dy_BxPxQxF.shape
   rows, cols = kernel_hw
-  x_padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
-                         ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+  x_padded = pad_images(x_BxHxWxC, padding)
   patch_bytes = out_h * out_w * rows * cols * channels * x_BxHxWxC.dtype.itemsize
   chunk = images_per_chunk(batch, patch_bytes, chunk_bytes)
 
   def add_chunk(grad_FxRSC, chunk_arrays):
     xp_NxHxWxC, dy_NxPxQxF = chunk_arrays
-    shifted = [xp_NxHxWxC[:, i:i + stride * (out_h - 1) + 1:stride,
-                          j:j + stride * (out_w - 1) + 1:stride, :]
-               for i in range(rows) for j in range(cols)]
-    patches_NPQxRSC = jnp.concatenate(shifted, axis=-1).reshape(-1, rows * cols * channels)
+    patches_NPQxRSC = image_patches(xp_NxHxWxC, kernel_hw, stride, (out_h, out_w)).reshape(
+        -1, rows * cols * channels)
     return grad_FxRSC + jnp.matmul(dy_NxPxQxF.reshape(-1, features).T, patches_NPQxRSC,
                                    preferred_element_type=jnp.float32), None
 

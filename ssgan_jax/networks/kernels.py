@@ -15,6 +15,7 @@ from ssgan_jax.networks import cpu_kernels, xla_cpu  # cpu_kernels calls `conv` 
 CONV_TRANSPOSE_ALGORITHMS = ('auto', 'phases', 'subpixel', 'dilated')
 INPUT_GRADIENTS = ('auto', 'phases', 'subpixel', 'dilated')
 KERNEL_GRADIENTS = ('auto', 'patches', 'xla')
+TINY_MAP_ALGORITHMS = ('auto', 'patches', 'xla')
 DROPOUT_SAMPLERS = ('auto', 'bits', 'bernoulli')
 # What 'auto' zero-skipping resolves to on CPU: 'phases' for layers of PHASE_MIN_FEATURES
 # features or more, 'subpixel' for narrower ones. Narrower phases' convolutions ran too far
@@ -22,6 +23,11 @@ DROPOUT_SAMPLERS = ('auto', 'bits', 'bernoulli')
 # 32 the two traded places from run to run (benchmarks/results/phases_ab/).
 BY_WIDTH = 'by_width'
 PHASE_MIN_FEATURES = 64
+# Inputs of at most this many pixels a side are convolved by 'patches' when `tiny_maps` says
+# so. XLA:CPU (Eigen and YNNPACK alike) ran a 3x3 'SAME' convolution of 192 2x2x512 maps in
+# 1.7 s against 24 ms by patches, and of 1x1 maps in 64 against 11 ms; from 3x3 maps on
+# its own were as fast or faster (benchmarks/results/tiny_maps_cpu/).
+TINY_MAP_PIXELS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,7 @@ class KernelChoices:
   input_gradient: str = 'auto'
   kernel_gradient: str = 'auto'
   dropout: str = 'auto'
+  tiny_maps: str = 'auto'
   backend: Optional[str] = None
 
   def resolve(self, backend: Optional[str] = None,
@@ -39,7 +46,8 @@ class KernelChoices:
 
     On CPU: zero-skipping transposed convolutions and strided input gradients (BY_WIDTH),
     kernel gradients by patches where XLA:CPU convolves with YNNPACK (`ynnpack`, default
-    read from XLA_FLAGS), dropout from random bits. Elsewhere XLA's own.
+    read from XLA_FLAGS), dropout from random bits, tiny maps by patches. Elsewhere XLA's
+    own.
     """
     backend = backend or jax.default_backend()
     on_cpu = backend == 'cpu'
@@ -50,7 +58,8 @@ class KernelChoices:
                          input_gradient=pick(self.input_gradient, BY_WIDTH, 'dilated'),
                          kernel_gradient=pick(self.kernel_gradient,
                                               'patches' if ynnpack else 'xla', 'xla'),
-                         dropout=pick(self.dropout, 'bits', 'bernoulli'), backend=backend)
+                         dropout=pick(self.dropout, 'bits', 'bernoulli'),
+                         tiny_maps=pick(self.tiny_maps, 'patches', 'xla'), backend=backend)
 
   def _resolved(self) -> 'KernelChoices':
     return self if self.backend else self.resolve()
@@ -74,6 +83,11 @@ class KernelChoices:
     return (resolved.backend == 'cpu' or resolved.kernel_gradient == 'patches'
             or (stride > 1 and resolved.input_gradient != 'dilated'))
 
+  def conv_by_patches(self, input_hw: tuple[int, int]) -> bool:
+    """Whether a convolution of `input_hw` maps is one matrix product of image patches."""
+    return (self._resolved().tiny_maps == 'patches'
+            and max(input_hw) <= TINY_MAP_PIXELS)
+
   def bits_dropout(self) -> bool:
     """Whether dropout masks come from `cpu_kernels.bernoulli_mask`."""
     return self._resolved().dropout == 'bits'
@@ -90,12 +104,14 @@ def conv(x_BxHxWxC: jax.Array, kernel_RxSxCxF: jax.Array, stride: int, padding,
   """`lax.conv_general_dilated` of NHWC images with an HWIO kernel.
 
   `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right)). The value is XLA's; the
-  input and kernel gradients are computed as `choices` says.
+  input and kernel gradients are computed as `choices` says, and tiny maps' convolutions too.
   """
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], kernel_RxSxCxF.shape[:2],
                                       (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if choices.conv_by_patches(x_BxHxWxC.shape[1:3]):
+    return cpu_kernels.conv_by_patches(x_BxHxWxC, kernel_RxSxCxF, stride, padding)
   if choices.own_gradients(stride):
     return cpu_kernels.conv_with_own_gradients(x_BxHxWxC, kernel_RxSxCxF, stride, padding,
                                                choices)

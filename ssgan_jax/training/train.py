@@ -108,7 +108,8 @@ def with_weight_norm(module: flax.linen.Module, config: Config) -> flax.linen.Mo
 def kernel_choices(config: Config) -> kernels.KernelChoices:
   """The config's kernel algorithms, 'auto' resolved for JAX's default backend."""
   return kernels.KernelChoices(config.conv_transpose, config.conv_input_gradient,
-                               config.conv_kernel_gradient, config.dropout_sampler).resolve()
+                               config.conv_kernel_gradient, config.dropout_sampler,
+                               config.conv_tiny_maps).resolve()
 
 
 def learning_rate_schedule(config: Config, updates_per_step: int = 1) -> optax.Schedule:
