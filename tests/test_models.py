@@ -539,6 +539,23 @@ def test_conv_is_flax_conv(kernel, stride, padding, input_gradient, kernel_gradi
   assert_same_function(ours, flax_conv, x, output_shape)
 
 
+@pytest.mark.parametrize('rows', [3, 8, 20])
+def test_weight_normalised_dense_is_x_times_unit_columns(rows):
+  """Whether it scales the output (fewer rows than the 8 inputs) or the kernel, Dense is
+  x @ unit_columns(v), with the same gradients."""
+  layer = models.Dense(5, flax.linen.initializers.normal(0.3))
+  x = jax.random.normal(jax.random.key(0), (rows, 8))
+  variables = layer.init(jax.random.key(1), x)
+  expected = lambda x, v: x @ models.unit_columns(v)
+  ours = lambda x, v: layer.apply({'params': {'kernel': v}}, x)
+  v = variables['params']['kernel']
+  np.testing.assert_allclose(ours(x, v), expected(x, v), rtol=1e-5, atol=1e-6)
+  loss = lambda f: lambda x, v: jnp.sum(jnp.sin(f(x, v)))
+  for grad, reference in zip(jax.grad(loss(ours), (0, 1))(x, v),
+                             jax.grad(loss(expected), (0, 1))(x, v)):
+    np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('input_hw,kernel,stride,padding', [
     ((2, 2), 3, 1, 'SAME'), ((1, 1), 3, 1, 'SAME'), ((2, 1), 3, 2, 'SAME'), ((2, 2), 1, 1, 'SAME'),
     ((2, 2), 2, 1, 'VALID'), ((2, 2), 3, 1, ((2, 0), (-1, 2)))])
