@@ -5,9 +5,9 @@ For a flagfile (plus any flag overriding it), trains the JAX model with
 and batches, for each --label_seeds, in ssl mode and supervised-only; reports test error
 (--eval_params, EMA by default, the same for both) mean ± std over seeds (each run's
 --seed is its --label_seed, so both the labeled subset and the initialisation vary) per
-trainer and mode, and a learning curve (test error against
-step and wall seconds) per run. Writes compare_accuracy.json and compare_accuracy.md under
---out_dir.
+trainer and mode, and a learning curve (test error with those weights and with the raw
+ones, against step and wall seconds) per run. Writes compare_accuracy.json and
+compare_accuracy.md under --out_dir.
 
   python -m benchmarks.compare_accuracy --flagfile=experiments/mnist.flags \
       --data_dir=../shared/tfds --ema_decay=0.999 --num_steps=2000
@@ -87,6 +87,14 @@ def check_resumable(workdir: str, steps: list[int]) -> None:
         '--out_dir')
 
 
+def leg_config(config, step: int):
+  """`config` trained up to `step`, one leg of a run resumed at each curve point, averaging
+  D with the whole run's decay (--ema_horizon would fit the decay to each leg)."""
+  return config.replace(num_steps=step, checkpoint_every=step, eval_every=step,
+                        log_every=min(config.log_every, step),
+                        ema_decay=config_lib.ema_decay(config), ema_horizon=0.0)
+
+
 def run_jax(config, data, steps: list[int], workdir: str) -> dict:
   """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds.
 
@@ -96,11 +104,11 @@ def run_jax(config, data, steps: list[int], workdir: str) -> dict:
   curve, wall = [], 0.0
   recorded = recorded_summaries(workdir)
   for step in steps:
-    chunk = config.replace(num_steps=step, checkpoint_every=step, eval_every=step,
-                           log_every=min(config.log_every, step))
-    summary = recorded.get(step) or train.train_and_evaluate(chunk, workdir, data=data)
+    summary = recorded.get(step) or train.train_and_evaluate(leg_config(config, step),
+                                                             workdir, data=data)
     wall += summary['wall_seconds']
-    curve.append((step, 1 - summary['test_accuracy'], round(wall, 2)))
+    curve.append((step, 1 - summary['test_accuracy'], round(wall, 2),
+                  1 - summary['test_accuracy_raw']))
   return {'test_error': 1 - summary['test_accuracy'],
           'test_error_raw': 1 - summary['test_accuracy_raw'], 'wall_seconds': round(wall, 2),
           'curve': curve}
@@ -121,10 +129,10 @@ def run_torch(config, data, steps: list[int], device: str) -> dict:
     if step in points:
       if not all(np.isfinite(float(v)) for v in metrics.values()):
         raise FloatingPointError(f'torch training diverged by step {step}: {metrics}')
-      error = 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, config.eval_params)
-      curve.append((step, error, round(time.time() - start, 2)))
-  return {'test_error': curve[-1][1],
-          'test_error_raw': 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, 'raw'),
+      error, raw = (1 - trainer.accuracy(arrays.test_images, arrays.test_labels, which)
+                    for which in (config.eval_params, 'raw'))
+      curve.append((step, error, round(time.time() - start, 2), raw))
+  return {'test_error': curve[-1][1], 'test_error_raw': curve[-1][3],
           'wall_seconds': round(time.time() - start, 2), 'curve': curve}
 
 
@@ -147,14 +155,18 @@ def markdown(record: dict) -> str:
                 f"{per_seed(runs)} | "
                 f"{mean_std([100 * r['test_error_raw'] for r in runs])} | "
                 f"{np.mean([r['wall_seconds'] for r in runs]):.0f} |")
-  rows += ['', '| step | ' + ' | '.join(f'{n} test error (wall s)' for n in by_run) + ' |',
+  rows += ['', '| step | ' + ' | '.join(
+      f"{n} test error, {record['config']['eval_params']} / raw (wall s)" for n in by_run) + ' |',
            '|---|' + '---|' * len(by_run)]
   steps = [p[0] for p in next(iter(by_run.values()))[0]['curve']]
   for i, step in enumerate(steps):
     cells = []
     for runs in by_run.values():
       points = [r['curve'][i] for r in runs if len(r['curve']) > i]
-      cells.append(f'{100 * np.mean([p[1] for p in points]):.2f} % '
+      # Records from before the raw error was kept have (step, error, wall) points.
+      raw = (f' / {100 * np.mean([p[3] for p in points]):.2f} %'
+             if all(len(p) > 3 for p in points) else '')
+      cells.append(f'{100 * np.mean([p[1] for p in points]):.2f} %{raw} '
                    f'({np.mean([p[2] for p in points]):.0f})')
     rows.append(f'| {step} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(rows) + '\n'

@@ -16,6 +16,7 @@ EVAL_PARAMS = ('ema', 'raw')
 LABEL_SELECTIONS = ('random', 'representative')
 WEIGHT_NORM_INITS = ('data', 'unit')
 WEIGHT_NORM_SCALES = ('output', 'all')
+GEN_OUTPUT_LAYERS = ('weight_norm', 'plain')
 
 
 def _field(default, help_text: str):
@@ -53,6 +54,7 @@ class Config:
   unsup_weight: float = _field(1.0, "Weight of the unsupervised loss in D's loss.")
   weight_norm_init: str = _field('data', "Weight-normalised layers' scale g and bias at init: data (chosen from the init batch for zero-mean, unit-variance outputs: the reference) or unit (g = 1, bias 0; the MNIST generator's output layer starts so either way, as in the reference). Not resnet18.")
   weight_norm_scales: str = _field('output', 'Weight-normalised layers whose scale g trains: output (the output layers of D and G: the reference) or all. Not resnet18.')
+  gen_output_layer: str = _field('weight_norm', "G's output layer: weight_norm (weight-normalised, its scale g trained, plus a bias: the reference) or plain (its kernel as it is, plus a bias). Not resnet18, whose DCGAN G has no weight norm.")
   # "Improved Techniques" switches (Salimans et al. 2016, section 3), all off by default.
   historical_averaging: float = _field(0.0, "Weight w of w * ||theta - mean of past theta||^2 "
                                        "added to each player's loss; 0 = off.")
@@ -140,8 +142,9 @@ def validate(config: Config) -> None:
   _check_choice(config, 'label_selection', LABEL_SELECTIONS)
   _check_choice(config, 'weight_norm_init', WEIGHT_NORM_INITS)
   _check_choice(config, 'weight_norm_scales', WEIGHT_NORM_SCALES)
+  _check_choice(config, 'gen_output_layer', GEN_OUTPUT_LAYERS)
   if config.model == 'resnet18':
-    for name in ('weight_norm_init', 'weight_norm_scales'):
+    for name in ('weight_norm_init', 'weight_norm_scales', 'gen_output_layer'):
       if getattr(config, name) != getattr(Config(), name):
         weight_normalised = ', '.join(m for m in MODELS if m != 'resnet18')
         raise ConfigError(name, getattr(config, name), 'applies only to the weight-normalised '

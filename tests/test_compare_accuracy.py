@@ -87,6 +87,11 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   assert merged['command'] == ['run 0', 'run 1']
   assert '| jax_ssl | 2 | 0 |' in table and '| torch_supervised | 2 | 0 |' in table
   assert f"| 0 | {100 * runs[0]['test_error']:.2f} % |" in table
+  for run in runs:  # each curve point has the raw weights' error beside the average's
+    assert run['curve'][-1][3] == run['test_error_raw']
+  assert (f"| 2 | {100 * runs[0]['test_error']:.2f} % / {100 * runs[0]['test_error_raw']:.2f} % "
+          in compare_accuracy.markdown({'config': {'num_steps': 2, 'eval_params': 'ema'},
+                                        'runs': runs[:1]}))
   with pytest.raises(ConfigError, match=f'--merge={tmp_path / "0"},{tmp_path / "2"}: '
                      f'{tmp_path / "2" / "compare_accuracy.json"} does not exist'):
     compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '2')])
@@ -109,6 +114,17 @@ def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
   with pytest.raises(ConfigError, match=f'--out_dir={tmp_path}: its run resumed has curve '
                      r'points \[2, 4\], not the first of \[1, 2, 3, 4\]'):
     compare_accuracy.check_resumable(workdir, [1, 2, 3, 4])
+
+
+def test_a_run_resumed_at_curve_points_averages_as_one_run(tmp_path):
+  """With --ema_horizon, every leg of a run resumed at its curve points averages D with the
+  whole run's decay, so the curve points do not change the result."""
+  config = tiny_config(num_steps=4, ema_decay=0.9999, ema_horizon=0.5)
+  data = export_data.semi_supervised_data(config, synthetic_splits())
+  legs = compare_accuracy.run_jax(config, data, [2, 4], str(tmp_path / 'legs'))
+  whole = compare_accuracy.run_jax(config, data, [4], str(tmp_path / 'whole'))
+  assert legs['curve'][-1][1::2] == whole['curve'][-1][1::2]
+  assert compare_accuracy.leg_config(config, 2).ema_decay == 0.5
 
 
 def test_both_trainers_run_from_an_npz_without_tensorflow(tmp_path):
@@ -160,11 +176,12 @@ def test_compare_accuracy_refuses_a_setting_the_reference_lacks_in_one_line(tmp_
 
 
 def test_the_torch_run_evaluates_the_weights_asked_for(monkeypatch):
-  """As the JAX run's test error does: --eval_params's weights, and the raw ones beside."""
+  """As the JAX run's test error does: --eval_params's weights, and the raw ones beside, at
+  every curve point."""
   asked = []
   monkeypatch.setattr(compare_accuracy.TorchTrainer, 'accuracy',
                       lambda self, images, labels, which='ema': asked.append(which) or 0.5)
-  config = tiny_config(mode='supervised', eval_params='raw')
+  config = tiny_config(mode='supervised', eval_params='ema')
   data = export_data.semi_supervised_data(config, synthetic_splits())
   compare_accuracy.run_torch(config, data, [1, 2], 'cpu')
-  assert asked == ['raw', 'raw', 'raw']
+  assert asked == ['ema', 'raw', 'ema', 'raw']

@@ -145,7 +145,9 @@ def test_minibatch_evaluation_compares_groups_of_the_training_size():
     ({'gen_steps': 2, 'mode': 'supervised'}, 'gen_steps'),
     ({'weight_norm_scales': 'hidden'}, 'weight_norm_scales'),
     ({'weight_norm_init': 'unit', 'model': 'resnet18'}, 'weight_norm_init'),
-    ({'weight_norm_scales': 'all', 'model': 'resnet18'}, 'weight_norm_scales')])
+    ({'weight_norm_scales': 'all', 'model': 'resnet18'}, 'weight_norm_scales'),
+    ({'gen_output_layer': 'linear'}, 'gen_output_layer'),
+    ({'gen_output_layer': 'plain', 'model': 'resnet18'}, 'gen_output_layer')])
 def test_bad_switch_values_name_the_flag(changes, flag):
   with pytest.raises(config_lib.ConfigError, match=f'^--{flag}='):
     config_lib.validate(config_lib.Config(**changes))

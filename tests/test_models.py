@@ -11,6 +11,7 @@ import math
 import re
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,6 +270,41 @@ def test_generator_output_layer_without_data_init():
   head = variables['params']['WNDense_0']['ScaleBias_0']
   np.testing.assert_array_equal(head['scale'], 1.0)
   np.testing.assert_array_equal(head['bias'], 0.0)
+
+
+@pytest.mark.parametrize('layer,plain', [
+    (models.WNDense(6, normalised=False), nn.Dense(6)),
+    (models.WNConv(6, kernels.KernelChoices(), kernel=3, stride=2, normalised=False),
+     nn.Conv(6, (3, 3), strides=2, padding='SAME')),
+    (models.WNConv(6, kernels.KernelChoices(), kernel=5, stride=2, transpose=True,
+                   normalised=False),
+     nn.ConvTranspose(6, (5, 5), strides=(2, 2), padding='SAME'))])
+def test_a_layer_without_weight_norm_is_the_plain_layer(layer, plain):
+  """normalised=False (--gen_output_layer=plain): the kernel as it is plus a bias that starts
+  at 0, no scale: Flax's own layer with the same kernel and bias."""
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4) if 'Conv' in type(layer).__name__
+                        else (2, 4))
+  params = layer.init(jax.random.key(0), x)['params']
+  (kernel_name, kernel), = ((k, v['kernel']) for k, v in params.items() if 'kernel' in v)
+  assert set(params.pop(kernel_name)) == {'kernel'} and set(params) == {'ScaleBias_0'}
+  bias = params['ScaleBias_0']['bias']
+  np.testing.assert_array_equal(bias, 0.0)
+  bias = bias + jnp.arange(6.0)  # a trained bias
+  y = layer.apply({'params': {kernel_name: {'kernel': kernel}, 'ScaleBias_0': {'bias': bias}}}, x)
+  expected = plain.apply({'params': {'kernel': kernel, 'bias': bias}}, x)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('family,output_layer', [('mlp', 'WNDense_0'), ('conv_small', 'WNConv_0')])
+def test_a_plain_generator_output_layer_has_no_scale(family, output_layer):
+  """--gen_output_layer=plain: G's output layer keeps its kernel's shape and initialiser and
+  a bias, and has no scale g."""
+  g, default, z, _ = generator(family)
+  variables = g.clone(output_layer='plain').init(jax.random.key(0), z)
+  layer, default_layer = variables['params'][output_layer], default['params'][output_layer]
+  assert set(layer['ScaleBias_0']) == {'bias'} and 'scale' in default_layer['ScaleBias_0']
+  (name, kernel), = ((k, v['kernel']) for k, v in layer.items() if k != 'ScaleBias_0')
+  np.testing.assert_allclose(kernel, default_layer[name]['kernel'], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('family', ['mlp', 'conv_small'])

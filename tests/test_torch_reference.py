@@ -281,6 +281,16 @@ def test_train_step_with_the_early_game_choices_matches_flax():
   assert int(after.disc_opt_state[0].count) == trainer.disc_opt.count == 1
 
 
+@pytest.mark.parametrize('family', ['mlp', 'conv_small'])
+def test_train_step_with_a_plain_generator_output_matches_flax(family):
+  """--gen_output_layer=plain: G's output layer is its kernel plus a bias in both."""
+  trainer, after = check_train_step(family, 'ssl', 'salimans', 'feature_matching',
+                                    gen_output_layer='plain')
+  assert trainer.gen.output.scale_bias.scale is None
+  (output_layer,) = (name for name in after.gen_params if name.startswith('WN'))
+  assert set(after.gen_params[output_layer]['ScaleBias_0']) == {'bias'}
+
+
 def check_train_step(family, mode, unsup_loss, gen_loss, **changes):
   """Asserts that `jax_train_step`'s step and the reference's agree; returns the reference's
   trainer and JAX's state after the step."""

@@ -83,7 +83,8 @@ def _load_layer(layer, params: dict, constants: dict, batch_stats: dict) -> None
     else:
       _copy(layer.v, _conv_transpose_kernel(kernel) if layer.transpose else _conv_kernel(kernel))
     scale_bias = {**constants.get('ScaleBias_0', {}), **params['ScaleBias_0']}
-    _copy(layer.scale_bias.scale, scale_bias['scale'])
+    if layer.normalised:
+      _copy(layer.scale_bias.scale, scale_bias['scale'])
     _copy(layer.scale_bias.bias, scale_bias['bias'])
     layer.scale_bias.pending_init = False
   elif isinstance(layer, torch.nn.Linear):

@@ -37,21 +37,26 @@ def _glorot(w: torch.Tensor) -> None:
 
 
 class ScaleBias(nn.Module):
-  """Per-channel scale and bias; with `data_init`, chosen from the first batch seen."""
+  """Per-channel scale and bias; with `data_init`, chosen from the first batch seen; without
+  `use_scale`, a bias alone (a plain layer's)."""
 
   def __init__(self, features: int, init_scale: float = 1.0, trainable_scale: bool = False,
-               data_init: bool = True):
+               data_init: bool = True, use_scale: bool = True):
     super().__init__()
     self.init_scale = init_scale
-    self.pending_init = data_init
+    self.pending_init = data_init and use_scale
     self.bias = nn.Parameter(torch.zeros(features))
-    if trainable_scale:
+    if not use_scale:
+      self.scale = None
+    elif trainable_scale:
       self.scale = nn.Parameter(torch.ones(features))
     else:
       self.register_buffer('scale', torch.ones(features))
 
   def forward(self, y):
     shape = (1, -1) + (1,) * (y.ndim - 2)  # channels are dim 1
+    if self.scale is None:
+      return y + self.bias.view(shape)
     if self.pending_init:
       with torch.no_grad():
         dims = [d for d in range(y.ndim) if d != 1]
@@ -68,17 +73,21 @@ def _unit_rows(v: torch.Tensor, dims) -> torch.Tensor:
 
 
 class WNLinear(nn.Module):
-  """Weight-normalised dense layer."""
+  """Weight-normalised dense layer; without `normalised`, a plain one (kernel and bias)."""
 
   def __init__(self, in_features: int, out_features: int, v_init=_normal(_MLP_V_STD),
-               init_scale: float = 1.0, trainable_scale: bool = False, data_init: bool = True):
+               init_scale: float = 1.0, trainable_scale: bool = False, data_init: bool = True,
+               normalised: bool = True):
     super().__init__()
+    self.normalised = normalised
     self.v = nn.Parameter(torch.empty(out_features, in_features))
     v_init(self.v)
-    self.scale_bias = ScaleBias(out_features, init_scale, trainable_scale, data_init)
+    self.scale_bias = ScaleBias(out_features, init_scale, trainable_scale, data_init,
+                                use_scale=normalised)
 
   def forward(self, x):
-    return self.scale_bias(F.linear(x, self.v) * _unit_rows(self.v, 1))
+    y = F.linear(x, self.v)
+    return self.scale_bias(y * _unit_rows(self.v, 1) if self.normalised else y)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -109,26 +118,31 @@ def conv_transpose2d_same(x, weight, stride: int):
 
 
 class WNConv2d(nn.Module):
-  """Weight-normalised convolution ('SAME' or 'VALID'), or transposed convolution ('SAME')."""
+  """Weight-normalised convolution ('SAME' or 'VALID'), or transposed convolution ('SAME');
+  without `normalised`, a plain one (kernel and bias)."""
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1,
                padding: str = 'SAME', transpose: bool = False, init_scale: float = 1.0,
-               trainable_scale: bool = False, data_init: bool = True):
+               trainable_scale: bool = False, data_init: bool = True, normalised: bool = True):
     super().__init__()
     self.stride, self.padding, self.transpose = stride, padding, transpose
+    self.normalised = normalised
     shape = ((in_channels, out_channels) if transpose else (out_channels, in_channels))
     self.v = nn.Parameter(torch.empty(*shape, kernel, kernel))
     _normal(_CONV_V_STD)(self.v)
-    self.scale_bias = ScaleBias(out_channels, init_scale, trainable_scale, data_init)
+    self.scale_bias = ScaleBias(out_channels, init_scale, trainable_scale, data_init,
+                                use_scale=normalised)
 
   def forward(self, x):
     if self.transpose:
-      y = conv_transpose2d_same(x, self.v, self.stride) * _unit_rows(self.v, (0, 2, 3)).view(
-          1, -1, 1, 1)
+      y = conv_transpose2d_same(x, self.v, self.stride)
+      norm_dims = (0, 2, 3)
     else:
       y = (conv2d_same(x, self.v, self.stride) if self.padding == 'SAME'
            else F.conv2d(x, self.v, stride=self.stride))
-      y = y * _unit_rows(self.v, (1, 2, 3)).view(1, -1, 1, 1)
+      norm_dims = (1, 2, 3)
+    if self.normalised:
+      y = y * _unit_rows(self.v, norm_dims).view(1, -1, 1, 1)
     return self.scale_bias(y)
 
 
@@ -182,9 +196,11 @@ class MlpDiscriminator(nn.Module):
 
 
 class MlpGenerator(nn.Module):
-  """z -> 500 -> 500 (batch norm, softplus) -> image (weight norm, sigmoid), NHWC."""
+  """z -> 500 -> 500 (batch norm, softplus) -> image (weight norm, sigmoid), NHWC;
+  `output_layer` 'plain' drops the output layer's weight norm."""
 
-  def __init__(self, image_shape: Sequence[int], hidden: Sequence[int] = (500, 500)):
+  def __init__(self, image_shape: Sequence[int], hidden: Sequence[int] = (500, 500),
+               output_layer: str = 'weight_norm'):
     super().__init__()
     self.image_shape = tuple(image_shape)
     widths = [LATENT_DIM, *hidden]
@@ -194,7 +210,8 @@ class MlpGenerator(nn.Module):
       _glorot(linear.weight)
     self.norms = nn.ModuleList(BatchNormBias(w) for w in hidden)
     self.output = WNLinear(widths[-1], math.prod(self.image_shape), v_init=_glorot,
-                           trainable_scale=True, data_init=False)
+                           trainable_scale=True, data_init=False,
+                           normalised=output_layer == 'weight_norm')
 
   def forward(self, z_BxZ):
     h = z_BxZ
@@ -240,9 +257,11 @@ class ConvDiscriminator(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-  """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh), NCHW."""
+  """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh), NCHW;
+  `output_layer` 'plain' drops the output layer's weight norm."""
 
-  def __init__(self, image_shape: Sequence[int], weight_norm: WeightNorm = WeightNorm()):
+  def __init__(self, image_shape: Sequence[int], weight_norm: WeightNorm = WeightNorm(),
+               output_layer: str = 'weight_norm'):
     super().__init__()
     self.project = nn.Linear(LATENT_DIM, 4 * 4 * 512, bias=False)
     _normal(_CONV_V_STD)(self.project.weight)
@@ -252,7 +271,8 @@ class ConvGenerator(nn.Module):
         for c_in, c_out in ((512, 256), (256, 128)))
     self.upsample_norms = nn.ModuleList(BatchNormBias(c) for c in (256, 128))
     self.output = WNConv2d(128, image_shape[-1], kernel=5, stride=2, transpose=True,
-                           init_scale=0.1, **weight_norm.layer(output=True))
+                           init_scale=0.1, **weight_norm.layer(output=True),
+                           normalised=output_layer == 'weight_norm')
 
   def forward(self, z_BxZ):
     h = F.relu(self.project_norm(self.project(z_BxZ)))
@@ -370,11 +390,12 @@ class DcganGenerator(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
   """A discriminator/generator pair and how uint8 NHWC images become their inputs."""
-  # num_outputs, image shape, WeightNorm -> D; image shape, WeightNorm -> G. A model whose
-  # weight normalisation has no choices (batch norm; the MLP G's one output layer, which
-  # starts at g = 1 as in the reference) ignores the WeightNorm, as Flax's has no such field.
+  # num_outputs, image shape, WeightNorm -> D; image shape, WeightNorm, G's output layer
+  # (--gen_output_layer) -> G. A model whose weight normalisation has no choices (batch norm;
+  # the MLP G's one output layer, which starts at g = 1 as in the reference) ignores the
+  # WeightNorm, as Flax's has no such field; the DCGAN G ignores the output layer too.
   discriminator: Callable[[int, Sequence[int], WeightNorm], nn.Module]
-  generator: Callable[[Sequence[int], WeightNorm], nn.Module]
+  generator: Callable[[Sequence[int], WeightNorm, str], nn.Module]
   pixel_range: tuple[float, float]
   channels_first: bool
   disc_batch_norm: bool = False  # D takes (x, group_size, stats_groups)
@@ -398,13 +419,13 @@ MODEL_FAMILIES = {
     'mlp': ModelFamily(
         discriminator=lambda n, shape, weight_norm: MlpDiscriminator(
             n, math.prod(shape), weight_norm=weight_norm),
-        generator=lambda shape, _: MlpGenerator(shape),
+        generator=lambda shape, _, output_layer: MlpGenerator(shape, output_layer=output_layer),
         pixel_range=jax_models.MODEL_FAMILIES['mlp'].pixel_range, channels_first=False),
     'conv_small': _conv_family('conv_small', (64, 128)),
     'conv_large': _conv_family('conv_large', (96, 192)),
     'resnet18': ModelFamily(
         discriminator=lambda n, shape, _: ResNet18Discriminator(n, shape[-1]),
-        generator=lambda shape, _: DcganGenerator(shape), pixel_range=jax_models.MODEL_FAMILIES['resnet18'].pixel_range,
+        generator=lambda shape, _, __: DcganGenerator(shape), pixel_range=jax_models.MODEL_FAMILIES['resnet18'].pixel_range,
         channels_first=True, disc_batch_norm=True),
 }
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import losses, models
-from ssgan_jax.config import (WEIGHT_NORM_INITS, WEIGHT_NORM_SCALES, Config, ConfigError,
-                              ema_decay)
+from ssgan_jax.config import (GEN_OUTPUT_LAYERS, WEIGHT_NORM_INITS, WEIGHT_NORM_SCALES, Config,
+                              ConfigError, ema_decay)
 
 # Images for the data-dependent init, as ssgan_jax.training.train.INIT_BATCH_SIZE (not imported: that
 # module needs TensorFlow for its metric writers, and this one should run without it).
@@ -91,7 +91,7 @@ IMPLEMENTED = {
     'model': tuple(models.MODEL_FAMILIES), 'unsup_loss': tuple(losses.HEADS),
     'mode': ('ssl', 'supervised'), 'gen_loss': ('feature_matching', 'nonsaturating', 'both'),
     'feature_norm': ('l2', 'l1'), 'weight_norm_init': WEIGHT_NORM_INITS,
-    'weight_norm_scales': WEIGHT_NORM_SCALES,
+    'weight_norm_scales': WEIGHT_NORM_SCALES, 'gen_output_layer': GEN_OUTPUT_LAYERS,
 }
 # Settings the reference reads, or that change only how ssgan_jax computes the same step. Any
 # other one (historical averaging, label smoothing, minibatch discrimination, bfloat16
@@ -176,7 +176,8 @@ class TorchTrainer:
     self.eval_disc = copy.deepcopy(self.disc).eval()
     self.gen = self.gen_opt = None
     if self.ssl:
-      self.gen = self.family.generator(image_shape, weight_norm).to(self.device)
+      self.gen = self.family.generator(image_shape, weight_norm,
+                                       config.gen_output_layer).to(self.device)
       models.data_dependent_init(self.gen, self._latents(len(init_images)))
       # G's schedule counts train steps, as ssgan_jax's does with several G updates a step.
       self.gen_opt = Adam(self.gen.parameters(),

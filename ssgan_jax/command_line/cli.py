@@ -28,7 +28,7 @@ FLAG_GROUPS = {
              'num_validation', 'image_size', 'train_split', 'test_split'),
     'model and losses': ('model', 'mode', 'unsup_loss', 'gen_loss', 'feature_norm',
                          'unsup_weight', 'weight_norm_init', 'weight_norm_scales',
-                         'historical_averaging', 'one_sided_label_smoothing',
+                         'gen_output_layer', 'historical_averaging', 'one_sided_label_smoothing',
                          'minibatch_kernels', 'minibatch_kernel_dim', 'minibatch_group_size'),
     'training': ('workdir', 'num_steps', 'batch_size', 'gen_steps', 'learning_rate',
                  'lr_decay_fraction', 'adam_beta1', 'ema_decay', 'ema_horizon', 'seed', 'checkpoint_every', 'keep_checkpoints'),

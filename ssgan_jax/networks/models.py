@@ -16,7 +16,8 @@ Every weight-normalised layer is w = g * v / ||v|| plus a bias, with g and the b
 chosen at init from the init batch so the layer's outputs start with zero mean and
 unit variance (data-dependent init, Salimans & Kingma 2016). As in the reference code,
 g is trained only in the output layers; elsewhere it stays at its initial value.
-`WeightNorm` (--weight_norm_init, --weight_norm_scales) chooses otherwise.
+`WeightNorm` (--weight_norm_init, --weight_norm_scales) chooses otherwise, and a
+generator's `output_layer` (--gen_output_layer=plain) can make its output layer a plain one.
 """
 import dataclasses
 import functools
@@ -58,15 +59,20 @@ class ScaleBias(nn.Module):
   With `data_init`, both are chosen in `init` so that the init batch's outputs have zero
   mean and standard deviation `init_scale`; otherwise they start at 1 and 0. As in the
   reference code, only some layers train their scale: a fixed one lives in the
-  'constants' collection, outside the optimizer.
+  'constants' collection, outside the optimizer. Without `use_scale`, a bias alone,
+  starting at 0 (a plain layer's).
   """
   init_scale: float = 1.0
   trainable_scale: bool = False
   data_init: bool = True
+  use_scale: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, y):
+    if not self.use_scale:
+      return (y + self.param('bias', nn.initializers.zeros, y.shape[-1:], y.dtype)).astype(
+          self.dtype)
     axes = tuple(range(y.ndim - 1))
     # These initialisers only run in `init`, where `y` is the init batch's output.
     if self.data_init:
@@ -107,16 +113,20 @@ class Dense(nn.Module):
   where x has fewer rows than input features (the MNIST MLP at batch 100: 100 rows against
   784 pixels), the output, x @ v divided by v's column norms. With the kernels scaled, the
   MLP's CPU train step ran 0.79x torch eager's; with this, 0.94x
-  (benchmarks/results/mlp_cpu_weight_norm_on_kernel/, smaller_side.md).
+  (benchmarks/results/mlp_cpu_weight_norm_on_kernel/, smaller_side.md). Without `unit_norm`,
+  the kernel acts as it is.
   """
   features: int
   kernel_init: Callable
+  unit_norm: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     v = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
     x = x.astype(self.dtype)
+    if not self.unit_norm:
+      return x @ v.astype(self.dtype)
     if x.size // x.shape[-1] >= x.shape[-1]:
       return x @ unit_columns(v).astype(self.dtype)
     return (x @ v.astype(self.dtype)) * inverse_column_norms(v).astype(self.dtype)
@@ -167,22 +177,30 @@ class ConvTranspose(nn.Module):
                                        self.stride, self.algorithms)
 
 
+def _scale_bias(layer: nn.Module) -> ScaleBias:
+  """The ScaleBias of a weight-normalised layer, or without `normalised` a plain bias."""
+  return ScaleBias(layer.init_scale, layer.trainable_scale, layer.data_init and layer.normalised,
+                   use_scale=layer.normalised, dtype=layer.dtype)
+
+
 class WNDense(nn.Module):
+  """Weight-normalised dense layer; without `normalised`, a plain one (kernel and bias)."""
   features: int
   init_scale: float = 1.0
   trainable_scale: bool = False
   data_init: bool = True
   v_init: Callable = _MLP_V_INIT
+  normalised: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    y = Dense(self.features, self.v_init, self.dtype)(x)
-    return ScaleBias(self.init_scale, self.trainable_scale, self.data_init, self.dtype)(y)
+    return _scale_bias(self)(Dense(self.features, self.v_init, self.normalised, self.dtype)(x))
 
 
 class WNConv(nn.Module):
-  """Weight-normalised convolution; with `transpose`, a 'SAME' transposed one."""
+  """Weight-normalised convolution; with `transpose`, a 'SAME' transposed one; without
+  `normalised`, a plain one (kernel and bias)."""
   features: int
   algorithms: KernelChoices
   kernel: int = 3
@@ -192,18 +210,18 @@ class WNConv(nn.Module):
   init_scale: float = 1.0
   trainable_scale: bool = False
   data_init: bool = True
+  normalised: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if self.transpose:
       layer = ConvTranspose(self.features, self.kernel, self.stride, self.algorithms,
-                            unit_norm=True, dtype=self.dtype)
+                            unit_norm=self.normalised, dtype=self.dtype)
     else:
       layer = Conv(self.features, self.kernel, self.stride, self.padding, self.algorithms,
-                   unit_norm=True, dtype=self.dtype)
-    return ScaleBias(self.init_scale, self.trainable_scale, self.data_init,
-                     self.dtype)(layer(x))
+                   unit_norm=self.normalised, dtype=self.dtype)
+    return _scale_bias(self)(layer(x))
 
 
 @dataclasses.dataclass
@@ -326,11 +344,13 @@ class MlpDiscriminator(nn.Module):
 
 
 class MlpGenerator(nn.Module):
-  """z -> 500 -> 500 (batch norm, softplus) -> image (weight norm, sigmoid)."""
+  """z -> 500 -> 500 (batch norm, softplus) -> image (weight norm, sigmoid); `output_layer`
+  'plain' drops the output layer's weight norm."""
   image_shape: Sequence[int]
   hidden: Sequence[int] = (500, 500)
   axis_name: Optional[str] = None
   output_activation: Callable = nn.sigmoid
+  output_layer: str = 'weight_norm'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -342,6 +362,7 @@ class MlpGenerator(nn.Module):
                                    axis_name=self.axis_name, dtype=self.dtype)(h))
     pixels = self.output_activation(WNDense(math.prod(self.image_shape), trainable_scale=True,
                                             data_init=False, v_init=_MLP_GEN_INIT,
+                                            normalised=self.output_layer == 'weight_norm',
                                             dtype=self.dtype)(h))
     return as_float32(pixels.reshape((z_BxZ.shape[0], *self.image_shape)))
 
@@ -388,11 +409,13 @@ class ConvDiscriminator(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-  """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh)."""
+  """z -> 4x4x512 -> 8x8x256 -> 16x16x128 (batch norm, ReLU) -> 32x32xC (weight norm, tanh);
+  `output_layer` 'plain' drops the output layer's weight norm."""
   image_shape: Sequence[int]
   algorithms: KernelChoices = KernelChoices()
   axis_name: Optional[str] = None
   weight_norm: WeightNorm = WeightNorm()
+  output_layer: str = 'weight_norm'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -408,6 +431,7 @@ class ConvGenerator(nn.Module):
     return as_float32(jnp.tanh(WNConv(self.image_shape[-1], self.algorithms, kernel=5, stride=2,
                                     transpose=True, init_scale=0.1,
                                     **self.weight_norm.layer(output=True),
+                                    normalised=self.output_layer == 'weight_norm',
                                     dtype=self.dtype)(h)))
 
 

@@ -91,6 +91,8 @@ class Setup:
 
   def generator(self, axis_name: Optional[str]):
     generator = self.family.generator(self.image_shape, axis_name, kernel_choices(self.config))
+    if hasattr(generator, 'output_layer'):
+      generator = generator.clone(output_layer=self.config.gen_output_layer)
     return with_weight_norm(generator.clone(dtype=jnp.dtype(self.config.compute_dtype)),
                             self.config)
 
