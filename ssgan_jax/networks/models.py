@@ -65,8 +65,8 @@ class ScaleBias(nn.Module):
   init_scale: float = 1.0
   trainable_scale: bool = False
   data_init: bool = True
-  use_scale: bool = True
   dtype: Any = jnp.float32
+  use_scale: bool = True
 
   @nn.compact
   def __call__(self, y):
@@ -118,8 +118,8 @@ class Dense(nn.Module):
   """
   features: int
   kernel_init: Callable
-  unit_norm: bool = True
   dtype: Any = jnp.float32
+  unit_norm: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -180,7 +180,7 @@ class ConvTranspose(nn.Module):
 def _scale_bias(layer: nn.Module) -> ScaleBias:
   """The ScaleBias of a weight-normalised layer, or without `normalised` a plain bias."""
   return ScaleBias(layer.init_scale, layer.trainable_scale, layer.data_init and layer.normalised,
-                   use_scale=layer.normalised, dtype=layer.dtype)
+                   layer.dtype, use_scale=layer.normalised)
 
 
 class WNDense(nn.Module):
@@ -195,7 +195,7 @@ class WNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return _scale_bias(self)(Dense(self.features, self.v_init, self.normalised, self.dtype)(x))
+    return _scale_bias(self)(Dense(self.features, self.v_init, self.dtype, self.normalised)(x))
 
 
 class WNConv(nn.Module):
