@@ -129,8 +129,9 @@ def run_torch(config, data, steps: list[int], device: str) -> dict:
     if step in points:
       if not all(np.isfinite(float(v)) for v in metrics.values()):
         raise FloatingPointError(f'torch training diverged by step {step}: {metrics}')
-      error, raw = (1 - trainer.accuracy(arrays.test_images, arrays.test_labels, which)
-                    for which in (config.eval_params, 'raw'))
+      error = 1 - trainer.accuracy(arrays.test_images, arrays.test_labels, config.eval_params)
+      raw = error if config.eval_params == 'raw' else 1 - trainer.accuracy(
+          arrays.test_images, arrays.test_labels, 'raw')
       curve.append((step, error, round(time.time() - start, 2), raw))
   return {'test_error': curve[-1][1], 'test_error_raw': curve[-1][3],
           'wall_seconds': round(time.time() - start, 2), 'curve': curve}

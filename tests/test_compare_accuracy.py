@@ -92,6 +92,10 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
   assert (f"| 2 | {100 * runs[0]['test_error']:.2f} % / {100 * runs[0]['test_error_raw']:.2f} % "
           in compare_accuracy.markdown({'config': {'num_steps': 2, 'eval_params': 'ema'},
                                         'runs': runs[:1]}))
+  old = {**runs[0], 'curve': [p[:3] for p in runs[0]['curve']]}  # records from before raw points
+  assert (f"| 2 | {100 * runs[0]['test_error']:.2f} % ("
+          in compare_accuracy.markdown({'config': {'num_steps': 2, 'eval_params': 'ema'},
+                                        'runs': [old]}))
   with pytest.raises(ConfigError, match=f'--merge={tmp_path / "0"},{tmp_path / "2"}: '
                      f'{tmp_path / "2" / "compare_accuracy.json"} does not exist'):
     compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '2')])
