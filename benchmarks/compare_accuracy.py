@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks import common_flags, export_data
-from benchmarks.spread import mean_std
+from benchmarks.spread import mean_std, two_standard_errors
 from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
 from ssgan_jax.data import input_pipeline
@@ -170,7 +170,38 @@ def markdown(record: dict) -> str:
       cells.append(f'{100 * np.mean([p[1] for p in points]):.2f} %{raw} '
                    f'({np.mean([p[2] for p in points]):.0f})')
     rows.append(f'| {step} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(rows) + '\n'
+  return '\n'.join(rows + trainer_differences(record, by_run, steps)) + '\n'
+
+
+def difference_text(jax_percents, torch_percents) -> str:
+  """'JAX mean less torch mean ± two standard errors, and whether that is within noise'."""
+  diff = np.mean(jax_percents) - np.mean(torch_percents)
+  noise = two_standard_errors(jax_percents, torch_percents)
+  if noise is None:
+    return f'{diff:+.2f} (needs 2+ seeds)'
+  return f"{diff:+.2f} ± {noise:.2f}, {'within noise' if abs(diff) <= noise else 'beyond noise'}"
+
+
+def trainer_differences(record: dict, by_run: dict, steps: list[int]) -> list[str]:
+  """Table rows: per mode that both trainers ran, JAX's mean test error less PyTorch's at
+  every curve point (with --eval_params's weights and the raw ones), against two standard
+  errors over seeds."""
+  modes = [m for m in ('ssl', 'supervised') if f'jax_{m}' in by_run and f'torch_{m}' in by_run]
+  if not modes:
+    return []
+  rows = ['', '| step | ' + ' | '.join(
+      f"{mode}: JAX − PyTorch test error (points), {record['config']['eval_params']} / raw"
+      for mode in modes) + ' |', '|---|' + '---|' * len(modes)]
+  for i, step in enumerate(steps):
+    cells = []
+    for mode in modes:
+      points = [[r['curve'][i] for r in by_run[f'{framework}_{mode}'] if len(r['curve']) > i]
+                for framework in ('jax', 'torch')]
+      texts = [difference_text(*([100 * p[k] for p in ps] for ps in points))
+               for k in (1, 3) if all(len(p) > k for ps in points for p in ps)]
+      cells.append(' / '.join(texts))
+    rows.append(f'| {step} | ' + ' | '.join(cells) + ' |')
+  return rows
 
 
 def write(record: dict, out_dir: str) -> str:

@@ -23,6 +23,7 @@ from absl import app, flags
 from benchmarks import common_flags
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
+from benchmarks.spread import two_standard_errors
 from ssgan_jax.networks import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
@@ -105,11 +106,11 @@ def error_stats(records: list[dict]) -> dict:
 
 def verdict(stats: dict, baseline: dict) -> str:
   """Better or worse than the baseline when the means differ by over two standard errors."""
-  diff = stats['mean'] - baseline['mean']
-  if stats['n'] < 2 or baseline['n'] < 2:
+  noise = two_standard_errors(stats['errors'], baseline['errors'])
+  if noise is None:
     return 'needs 2+ seeds'
-  standard_error = math.sqrt(stats['std']**2 / stats['n'] + baseline['std']**2 / baseline['n'])
-  if abs(diff) <= 2 * standard_error:
+  diff = stats['mean'] - baseline['mean']
+  if abs(diff) <= noise:
     return 'within noise'
   return 'helps' if diff < 0 else 'hurts'
 

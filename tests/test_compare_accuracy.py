@@ -68,6 +68,40 @@ def test_spread_is_the_sample_standard_deviation():
   assert spread.mean_std([0.82]) == '0.82 %'
 
 
+def test_two_standard_errors_of_a_difference_of_means():
+  # Sample variances 2 and 4 over 2 and 3 values: 2 * sqrt(2 / 2 + 4 / 3).
+  assert spread.two_standard_errors([1.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(
+      2 * np.sqrt(1 + 4 / 3))
+  assert spread.two_standard_errors([1.0], [1.0, 2.0]) is None
+
+
+def curve_run(name, seed, errors):
+  """A record's run with test errors (average, raw) at steps 10 and 20."""
+  curve = [(10 * (i + 1), ema, 1.0, raw) for i, (ema, raw) in enumerate(errors)]
+  return {'run': name, 'label_seed': seed, 'test_error': curve[-1][1],
+          'test_error_raw': curve[-1][3], 'wall_seconds': 1.0, 'curve': curve}
+
+
+def test_the_table_says_where_jax_and_torch_differ_beyond_noise():
+  runs = [curve_run('jax_ssl', 0, [(0.20, 0.22), (0.10, 0.30)]),
+          curve_run('jax_ssl', 1, [(0.22, 0.24), (0.12, 0.10)]),
+          curve_run('torch_ssl', 0, [(0.21, 0.22), (0.05, 0.12)]),
+          curve_run('torch_ssl', 1, [(0.23, 0.24), (0.05, 0.14)]),
+          curve_run('jax_supervised', 0, [(0.3, 0.3), (0.3, 0.3)])]
+  table = compare_accuracy.markdown({'config': {'num_steps': 20, 'eval_params': 'ema'},
+                                     'runs': runs})
+  header, _, step_10, step_20 = table.splitlines()[-4:]
+  # Only ssl has both trainers; supervised-only has no column.
+  assert header == '| step | ssl: JAX − PyTorch test error (points), ema / raw |'
+  assert step_10 == ('| 10 | -1.00 ± 2.83, within noise / +0.00 ± 2.83, within noise |')
+  # At step 20 the averages differ by 6 points against 2 standard errors of 2 (sample std 1.41
+  # and 0): beyond noise; the raw errors differ by 7 against 2 * sqrt(200/2 + 2/2) = 20.1.
+  assert step_20 == ('| 20 | +6.00 ± 2.00, beyond noise / +7.00 ± 20.10, within noise |')
+  one_seed = compare_accuracy.markdown({'config': {'num_steps': 20, 'eval_params': 'ema'},
+                                        'runs': runs[::2][:2]})
+  assert one_seed.splitlines()[-1] == ('| 20 | +5.00 (needs 2+ seeds) / +18.00 (needs 2+ seeds) |')
+
+
 def test_jax_and_torch_runs_make_one_table(tmp_path):
   config = tiny_config()
   data = export_data.semi_supervised_data(config, synthetic_splits())
