@@ -30,7 +30,8 @@ _EMA_DECAY = flags.DEFINE_float('ema_decay', 0.999, 'EMA decay (the flagfile has
 
 
 def run(mode: str, workdir: str, extra_args: Sequence[str] = ()) -> dict:
-  """One training run; returns its summary plus its validation curve.
+  """One training run; returns its summary plus its validation curve and, in ssl mode, D's
+  unlabeled loss at each logged step (means over the steps since the last log).
 
   `extra_args` are flags that override the flagfile and this benchmark's flags.
   """
@@ -45,9 +46,12 @@ def run(mode: str, workdir: str, extra_args: Sequence[str] = ()) -> dict:
   config = config.replace(num_steps=steps, eval_every=max(1, steps // 10))
   summary = train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    curve = [(r['step'], r['validation_accuracy']) for r in map(json.loads, f)
-             if 'validation_accuracy' in r and 'test_accuracy' not in r]
-  return {'mode': mode, 'num_steps': steps, **summary, 'validation_curve': curve}
+    lines = [json.loads(line) for line in f]
+  curve = [(r['step'], r['validation_accuracy']) for r in lines
+           if 'validation_accuracy' in r and 'test_accuracy' not in r]
+  unsup_losses = [(r['step'], r['unsup_loss']) for r in lines if 'unsup_loss' in r]
+  return {'mode': mode, 'num_steps': steps, **summary, 'validation_curve': curve,
+          'unsup_loss_curve': unsup_losses}
 
 
 def markdown(record: dict) -> str:

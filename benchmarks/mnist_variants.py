@@ -47,6 +47,10 @@ VARIANTS = {
     'weight_norm_unit_init+gen_steps_2': ('ssl', ['--weight_norm_init=unit', '--gen_steps=2']),
     'learning_rate_0.001+weight_norm_unit_init': (
         'ssl', ['--learning_rate=0.001', '--weight_norm_init=unit']),
+    # mnist_fast.flags' pair with one more change, against D's early win that stalls some runs.
+    'weight_norm_unit_init+gen_steps_2+gen_output_plain': (
+        'ssl', ['--weight_norm_init=unit', '--gen_steps=2', '--gen_output_layer=plain']),
+    'weight_norm_unit_init+gen_steps_3': ('ssl', ['--weight_norm_init=unit', '--gen_steps=3']),
     'supervised_only': ('supervised', []),
 }
 BASELINE = 'salimans'
@@ -91,7 +95,8 @@ def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
 def error_stats(records: list[dict]) -> dict:
   """Test error in percent with the EMA parameters (mean, sample std, count) and with the raw
   ones (mean, sample std); the mean validation accuracy in percent at each evaluation step of
-  every record ([step, accuracy] pairs); the mean wall seconds."""
+  every record ([step, accuracy] pairs); per record, D's lowest logged unlabeled loss as
+  [step, loss] (None where the record has none); the mean wall seconds."""
   errors = [100 * (1 - r['test_accuracy']) for r in records]
   raw = [100 * (1 - r['test_accuracy_raw']) for r in records]
   spread = lambda values: statistics.stdev(values) if len(values) > 1 else math.nan
@@ -101,7 +106,16 @@ def error_stats(records: list[dict]) -> dict:
           'errors': errors, 'raw_mean': statistics.mean(raw), 'raw_std': spread(raw),
           'validation_curve': [[step, 100 * statistics.mean(c[step] for c in curves)]
                                for step in steps],
+          'lowest_unsup_loss': [lowest_unsup_loss(r) for r in records],
           'wall_seconds': statistics.mean(r['wall_seconds'] for r in records)}
+
+
+def lowest_unsup_loss(record: dict) -> Optional[list]:
+  """[step, loss] where D's logged unlabeled loss was lowest: near 0 when D won the early
+  game (the runs that stall), near its first value otherwise. None for supervised-only runs
+  and records saved before the loss was kept."""
+  points = record.get('unsup_loss_curve')
+  return list(min(points, key=lambda point: point[1])) if points else None
 
 
 def verdict(stats: dict, baseline: dict) -> str:
@@ -122,7 +136,8 @@ def markdown(record: dict) -> str:
   steps = [f'{step:,}' for step, _ in baseline['validation_curve']]
   rows = ['| variant | flags | test error (%), EMA (per seed) | vs salimans (pts) | verdict | '
           f'test error (%), raw | mean validation accuracy (%) at steps {" / ".join(steps)} | '
-          'mean wall s |', '|---|---|---|---|---|---|---|---|']
+          "D's lowest unlabeled loss (step), per seed | mean wall s |",
+          '|---|---|---|---|---|---|---|---|---|']
   for name, stats in record['variants'].items():
     if not stats:
       continue
@@ -135,9 +150,11 @@ def markdown(record: dict) -> str:
     spread = lambda key: f" ± {stats[key]:.2f}" if stats['n'] > 1 else ''
     per_seed = ', '.join(f'{e:.2f}' for e in stats['errors'])
     curve = ' / '.join(f'{accuracy:.1f}' for _, accuracy in stats['validation_curve'])
+    lowest = ', '.join('–' if point is None else f'{point[1]:.3f} ({point[0]:,})'
+                       for point in stats['lowest_unsup_loss'])
     rows.append(f"| {name} | {flags_text} | {stats['mean']:.2f}{spread('std')} ({per_seed}) | "
                 f"{diff_text} | {verdict_text} | {stats['raw_mean']:.2f}{spread('raw_std')} | "
-                f"{curve} | {stats['wall_seconds']:.0f} |")
+                f"{curve} | {lowest} | {stats['wall_seconds']:.0f} |")
   return '\n'.join(rows) + '\n'
 
 
