@@ -16,7 +16,8 @@ The JAX curve comes from resuming train_and_evaluate at each curve point (its su
 test error), so its wall seconds include a restart (setup, compilation, checkpointing) per
 point; the torch run is one loop that stops to evaluate. JAX runs keep their workdirs under
 <out_dir>/runs/ and the same command run again resumes them from their last curve point
-(a long run can span several sessions); torch runs start over. With --data_npz (written by
+(a long run can span several sessions; SIGTERM or Ctrl-C during a JAX run saves it at the
+current step first); torch runs start over. With --data_npz (written by
 benchmarks/export_data.py) no TFDS is read.
 """
 import dataclasses
@@ -26,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from typing import Callable, Optional
 
 from absl import app, flags
 import jax
@@ -39,7 +41,7 @@ from ssgan_jax import config as config_lib
 from ssgan_jax.data import input_pipeline
 from ssgan_jax import main as ssgan_main
 from ssgan_jax.networks import xla_cpu
-from ssgan_jax.training import train
+from ssgan_jax.training import preemption, train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
 _RUNS = flags.DEFINE_list('runs', list(RUNS), f'Which of {", ".join(RUNS)} to train.')
@@ -95,17 +97,21 @@ def leg_config(config, step: int):
                         ema_decay=config_lib.ema_decay(config), ema_horizon=0.0)
 
 
-def run_jax(config, data, steps: list[int], workdir: str) -> dict:
+def run_jax(config, data, steps: list[int], workdir: str,
+            stop_requested: Callable[[int], bool] = lambda step: False) -> Optional[dict]:
   """Trains with train_and_evaluate, resumed at each of `steps`; test errors and wall seconds.
 
   Curve points that workdir already has a summary for (from an earlier call) are read, not
-  trained again.
+  trained again. Once stop_requested(step) turns True, saves a checkpoint at that step and
+  returns None: the next call resumes there.
   """
   curve, wall = [], 0.0
   recorded = recorded_summaries(workdir)
   for step in steps:
-    summary = recorded.get(step) or train.train_and_evaluate(leg_config(config, step),
-                                                             workdir, data=data)
+    summary = recorded.get(step) or train.train_and_evaluate(
+        leg_config(config, step), workdir, stop_requested, data=data)
+    if summary.get('stopped'):
+      return None
     wall += summary['wall_seconds']
     curve.append((step, 1 - summary['test_accuracy'], round(wall, 2),
                   1 - summary['test_accuracy_raw']))
@@ -277,9 +283,17 @@ def main(argv):
       # Both seeds vary: the spread holds the labeled subset's and the initialisation's.
       run_config = config.replace(label_seed=seed, seed=seed, mode=mode)
       data = export_data.semi_supervised_data(run_config, splits)
-      result = (run_jax(run_config, data, steps, os.path.join(workroot, f'{name}_{seed}'))
-                if framework == 'jax' else
-                run_torch(run_config, data, steps, _TORCH_DEVICE.value))
+      if framework == 'jax':
+        # SIGTERM or Ctrl-C saves the JAX run where it is; a torch run cannot resume.
+        with preemption.stop_on_signals() as stop_requested:
+          result = run_jax(run_config, data, steps, os.path.join(workroot, f'{name}_{seed}'),
+                           stop_requested)
+        if result is None:
+          print(f'{name} of label seed {seed} stopped and saved; the same command resumes it.',
+                file=sys.stderr)
+          return
+      else:
+        result = run_torch(run_config, data, steps, _TORCH_DEVICE.value)
       record['runs'].append({'run': name, 'label_seed': seed, 'seed': seed, **result})
       print(json.dumps(record['runs'][-1]), flush=True)
       write(record, out_dir)

@@ -154,6 +154,21 @@ def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
     compare_accuracy.check_resumable(workdir, [1, 2, 3, 4])
 
 
+def test_a_jax_run_stopped_between_curve_points_resumes_exactly(tmp_path):
+  """A stop request (SIGTERM, Ctrl-C) saves the run where it is and run_jax returns None;
+  run again, it ends where an uninterrupted run ends."""
+  config = tiny_config(num_steps=4)
+  data = export_data.semi_supervised_data(config, synthetic_splits())
+  whole = compare_accuracy.run_jax(config, data, [2, 4], str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'stopped')
+  assert compare_accuracy.run_jax(config, data, [2, 4], workdir,
+                                  stop_requested=lambda step: step == 3) is None
+  assert sorted(compare_accuracy.recorded_summaries(workdir)) == [2]
+  assert (tmp_path / 'stopped' / 'checkpoints' / '3').is_dir()
+  resumed = compare_accuracy.run_jax(config, data, [2, 4], workdir)
+  assert [p[:2] + p[3:] for p in resumed['curve']] == [p[:2] + p[3:] for p in whole['curve']]
+
+
 def test_a_run_resumed_at_curve_points_averages_as_one_run(tmp_path):
   """With --ema_horizon, every leg of a run resumed at its curve points averages D with the
   whole run's decay, so the curve points do not change the result."""
