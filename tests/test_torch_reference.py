@@ -117,7 +117,9 @@ def test_resnet_forward_matches_flax():
       mutable=['batch_stats'])
   torch_logits, torch_features = trainer.disc(torch_x, group_size=3, stats_groups=1)
   assert_close(torch_logits, logits, 1e-5)
-  assert_close(torch_features, features, 1e-5)
+  # 17 convolutions with batch norm after each: float32 sums in another order differ by up
+  # to 2e-5 in a few features on some CPUs.
+  assert_close(torch_features, features, 5e-5)
   # One pass over all six as one group normalises differently: the groups matter.
   assert not np.allclose(to_numpy(trainer.disc(torch_x)[0]), logits, atol=1e-3)
 
