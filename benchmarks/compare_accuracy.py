@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import common_flags, export_data
-from benchmarks.spread import mean_std, two_standard_errors
+from benchmarks.spread import difference, mean_std
 from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
 from ssgan_jax.data import input_pipeline
@@ -181,11 +181,10 @@ def markdown(record: dict) -> str:
 
 def difference_text(jax_percents, torch_percents) -> str:
   """'JAX mean less torch mean ± two standard errors, and whether that is within noise'."""
-  diff = np.mean(jax_percents) - np.mean(torch_percents)
-  noise = two_standard_errors(jax_percents, torch_percents)
-  if noise is None:
+  diff, noise, within = difference(jax_percents, torch_percents)
+  if within is None:
     return f'{diff:+.2f} (needs 2+ seeds)'
-  return f"{diff:+.2f} ± {noise:.2f}, {'within noise' if abs(diff) <= noise else 'beyond noise'}"
+  return f"{diff:+.2f} ± {noise:.2f}, {'within noise' if within else 'beyond noise'}"
 
 
 def trainer_differences(record: dict, by_run: dict, steps: list[int]) -> list[str]:

@@ -23,7 +23,7 @@ from absl import app, flags
 from benchmarks import common_flags
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
-from benchmarks.spread import two_standard_errors
+from benchmarks.spread import difference
 from ssgan_jax.networks import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
@@ -120,11 +120,10 @@ def lowest_unsup_loss(record: dict) -> Optional[list]:
 
 def verdict(stats: dict, baseline: dict) -> str:
   """Better or worse than the baseline when the means differ by over two standard errors."""
-  noise = two_standard_errors(stats['errors'], baseline['errors'])
-  if noise is None:
+  diff, _, within = difference(stats['errors'], baseline['errors'])
+  if within is None:
     return 'needs 2+ seeds'
-  diff = stats['mean'] - baseline['mean']
-  if abs(diff) <= noise:
+  if within:
     return 'within noise'
   return 'helps' if diff < 0 else 'hurts'
 

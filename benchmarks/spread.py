@@ -24,3 +24,11 @@ def two_standard_errors(values, baseline) -> Optional[float]:
     return None
   return 2 * math.sqrt(statistics.variance(values) / len(values)
                        + statistics.variance(baseline) / len(baseline))
+
+
+def difference(values, baseline) -> tuple[float, Optional[float], Optional[bool]]:
+  """Mean of `values` less the mean of `baseline`, two standard errors of it, and whether it
+  is within them (None for both where a sample has fewer than two values)."""
+  diff = statistics.mean(values) - statistics.mean(baseline)
+  noise = two_standard_errors(values, baseline)
+  return diff, noise, None if noise is None else abs(diff) <= noise
