@@ -135,13 +135,20 @@ def test_jax_and_torch_runs_make_one_table(tmp_path):
     compare_accuracy.merge([str(tmp_path / '0'), str(tmp_path / '2')])
 
 
-def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
-  """A run stopped after its first curve point and run again ends where an uninterrupted
-  run ends; points already recorded are read back, not trained again."""
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """A 4-step run with curve points [2, 4], never stopped: (config, data, its record)."""
   config = tiny_config(num_steps=4)
   data = export_data.semi_supervised_data(config, synthetic_splits())
+  return config, data, compare_accuracy.run_jax(config, data, [2, 4],
+                                                str(tmp_path_factory.mktemp('whole')))
+
+
+def test_jax_run_resumes_from_its_last_curve_point(uninterrupted, tmp_path, monkeypatch):
+  """A run stopped after its first curve point and run again ends where an uninterrupted
+  run ends; points already recorded are read back, not trained again."""
+  config, data, whole = uninterrupted
   workdir = str(tmp_path / 'runs' / 'resumed')
-  whole = compare_accuracy.run_jax(config, data, [2, 4], str(tmp_path / 'runs' / 'whole'))
   compare_accuracy.run_jax(config, data, [2], workdir)
   compare_accuracy.check_resumable(workdir, [2, 4])
   resumed = compare_accuracy.run_jax(config, data, [2, 4], workdir)
@@ -154,12 +161,10 @@ def test_jax_run_resumes_from_its_last_curve_point(tmp_path, monkeypatch):
     compare_accuracy.check_resumable(workdir, [1, 2, 3, 4])
 
 
-def test_a_jax_run_stopped_between_curve_points_resumes_exactly(tmp_path):
+def test_a_jax_run_stopped_between_curve_points_resumes_exactly(uninterrupted, tmp_path):
   """A stop request (SIGTERM, Ctrl-C) saves the run where it is and run_jax returns None;
   run again, it ends where an uninterrupted run ends."""
-  config = tiny_config(num_steps=4)
-  data = export_data.semi_supervised_data(config, synthetic_splits())
-  whole = compare_accuracy.run_jax(config, data, [2, 4], str(tmp_path / 'whole'))
+  config, data, whole = uninterrupted
   workdir = str(tmp_path / 'stopped')
   assert compare_accuracy.run_jax(config, data, [2, 4], workdir,
                                   stop_requested=lambda step: step == 3) is None
