@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 from typing import Optional
 
 from absl import app, flags
@@ -24,6 +25,7 @@ from benchmarks import common_flags
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import difference
+from ssgan_jax.config import ConfigError
 from ssgan_jax.networks import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
@@ -53,11 +55,12 @@ VARIANTS = {
     'weight_norm_unit_init+gen_steps_3': ('ssl', ['--weight_norm_init=unit', '--gen_steps=3']),
     'supervised_only': ('supervised', []),
 }
-BASELINE = 'salimans'
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: one run per variant and seed, '
                            'with that label and training seed; the --label_seed flag is not used.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run and tabulate.')
+_BASELINE = flags.DEFINE_string('baseline', 'salimans', 'The variant the others are compared '
+                                 'with; one of --variants.')
 _SAVED_ONLY = flags.DEFINE_bool('saved_only', False, 'Train nothing: tabulate the saved records '
                                 'of the chosen variants and seeds (a row shows how many exist).')
 
@@ -68,23 +71,28 @@ def budget() -> dict:
           'data_dir': base._DATA_DIR.value and os.path.abspath(base._DATA_DIR.value)}
 
 
-def run_or_load(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
-  """The saved record of (variant, seed), training it first if there is none (unless --saved_only)."""
+def saved_record(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
+  """The saved record of (variant, seed), or None; ConfigError if it has another budget."""
   path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
-  if _SAVED_ONLY.value and not os.path.exists(path):
+  if not os.path.exists(path):
     return None
-  if os.path.exists(path):
-    with open(path) as f:
-      record = json.load(f)
-    if record['budget'] != budget():
-      raise ValueError(f'{path} was made with budget {record["budget"]}, not {budget()}; '
-                       'use another --out_dir')
-    return record
+  with open(path) as f:
+    record = json.load(f)
+  if record['budget'] != budget():
+    raise ConfigError('out_dir', common_flags.out_dir('mnist_variants'),
+                      f'{path} was made with budget {record["budget"]}, not {budget()}; '
+                      'use another --out_dir')
+  return record
+
+
+def train_record(variant: str, seed: int, runs_dir: str) -> dict:
+  """Trains (variant, seed) and saves its record in runs_dir."""
   mode, extra_args = VARIANTS[variant]
   workdir = os.path.join(runs_dir, f'{variant}_seed{seed}.workdir')
   summary = base.run(mode, workdir, extra_args + [f'--label_seed={seed}', f'--seed={seed}'])
   record = {'variant': variant, 'seed': seed, 'flags': extra_args, 'budget': budget(),
             'date': datetime.date.today().isoformat(), **summary}
+  path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=1)
   os.replace(path + '.tmp', path)
@@ -130,10 +138,12 @@ def verdict(stats: dict, baseline: dict) -> str:
 
 def markdown(record: dict) -> str:
   """One row per variant: test error with the average (per seed) and raw, the verdict
-  against the baseline, the mean validation curve and the mean wall clock."""
-  baseline = record['variants'][BASELINE]
+  against record['baseline'], the mean validation curve and the mean wall clock."""
+  baseline_name = record['baseline']
+  baseline = record['variants'][baseline_name]
   steps = [f'{step:,}' for step, _ in baseline['validation_curve']]
-  rows = ['| variant | flags | test error (%), EMA (per seed) | vs salimans (pts) | verdict | '
+  rows = [f'| variant | flags | test error (%), EMA (per seed) | vs {baseline_name} (pts) | '
+          'verdict | '
           f'test error (%), raw | mean validation accuracy (%) at steps {" / ".join(steps)} | '
           "D's lowest unlabeled loss (step), per seed | mean wall s |",
           '|---|---|---|---|---|---|---|---|---|']
@@ -141,7 +151,7 @@ def markdown(record: dict) -> str:
     if not stats:
       continue
     flags_text = ' '.join(f'`{a}`' for a in VARIANTS[name][1] or [f'--mode={VARIANTS[name][0]}'])
-    if name == BASELINE:
+    if name == baseline_name:
       diff_text, verdict_text = '–', 'baseline'
     else:
       diff_text = f"{stats['mean'] - baseline['mean']:+.2f}"
@@ -157,27 +167,45 @@ def markdown(record: dict) -> str:
   return '\n'.join(rows) + '\n'
 
 
+def check_variants() -> None:
+  """Raises ConfigError unless --variants names known variants, the --baseline among them."""
+  if set(_VARIANTS.value) - set(VARIANTS):
+    raise ConfigError('variants', ','.join(_VARIANTS.value), f'allowed: {", ".join(VARIANTS)}')
+  if _BASELINE.value not in _VARIANTS.value:
+    raise ConfigError('baseline', _BASELINE.value,
+                      f'must be one of --variants ({",".join(_VARIANTS.value)})')
+
+
 def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  del argv
-  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
-  if unknown or BASELINE not in _VARIANTS.value:
-    raise app.UsageError(f'--variants={",".join(_VARIANTS.value)}: must include {BASELINE} '
-                         f'and name only {", ".join(VARIANTS)}')
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   runs_dir = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants_runs')
+  seeds = [int(seed) for seed in _SEEDS.value]
+  try:
+    check_variants()
+    saved = {(name, seed): saved_record(name, seed, runs_dir)
+             for seed in seeds for name in _VARIANTS.value}
+    if _SAVED_ONLY.value and not any(saved[_BASELINE.value, seed] for seed in seeds):
+      raise ConfigError('baseline', _BASELINE.value, f'no saved record of it in {runs_dir} '
+                        '(--saved_only trains nothing)')
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  xla_cpu.apply_entry_point_choice()
   os.makedirs(runs_dir, exist_ok=True)
   # Seed-major order: a budget that runs short still leaves every variant on the first seeds.
   runs = {name: [] for name in _VARIANTS.value}
-  seeds = [int(seed) for seed in _SEEDS.value]
   for seed in seeds:
     for name in _VARIANTS.value:
-      record = run_or_load(name, seed, runs_dir)
+      record = saved[name, seed]
+      if record is None and not _SAVED_ONLY.value:
+        record = train_record(name, seed, runs_dir)
       if record is not None:
         runs[name].append(record)
   record = {
       'benchmark': 'mnist_variants', **budget(),
       'num_steps': sorted({r['num_steps'] for records in runs.values() for r in records}),
-      'seeds': seeds, **run_environment(),
+      'seeds': seeds, 'baseline': _BASELINE.value, **run_environment(),
       'variants': {name: error_stats(records) if records else None
                    for name, records in runs.items()},
       'runs': runs,
