@@ -49,7 +49,8 @@ VARIANTS = {
     'weight_norm_unit_init+gen_steps_2': ('ssl', ['--weight_norm_init=unit', '--gen_steps=2']),
     'learning_rate_0.001+weight_norm_unit_init': (
         'ssl', ['--learning_rate=0.001', '--weight_norm_init=unit']),
-    # mnist_fast.flags' pair with one more change, against D's early win that stalls some runs.
+    # The unit init and two G updates with one more change, against D's early win that stalls
+    # some runs (mnist_fast.flags took the third G update).
     'weight_norm_unit_init+gen_steps_2+gen_output_plain': (
         'ssl', ['--weight_norm_init=unit', '--gen_steps=2', '--gen_output_layer=plain']),
     'weight_norm_unit_init+gen_steps_3': ('ssl', ['--weight_norm_init=unit', '--gen_steps=3']),

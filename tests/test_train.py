@@ -217,6 +217,6 @@ def test_mnist_fast_flagfile_is_the_mnist_flagfile_with_the_changes_its_header_n
       ssgan_main.parse_config([f'--flagfile={REPO / "experiments" / name}'])[0])
   fast, reference = parse('mnist_fast.flags'), parse('mnist.flags')
   changed = {name: value for name, value in fast.items() if value != reference[name]}
-  assert changed == {'weight_norm_init': 'unit', 'gen_steps': 2}
+  assert changed == {'weight_norm_init': 'unit', 'gen_steps': 3}
   header = (REPO / 'experiments' / 'mnist_fast.flags').read_text()
   assert all(f'--{name}={value}' in header for name, value in changed.items())
