@@ -14,7 +14,6 @@ run again resumes them.
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -103,7 +102,7 @@ def write(record: dict, out_dir: str) -> str:
 def main(argv):
   xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = ssgan_main.config_from_flags()
   try:
     config_lib.validate(config)
@@ -113,8 +112,7 @@ def main(argv):
         raise config_lib.ConfigError(name, ','.join(values), f'allowed: {", ".join(allowed)}')
     splits = export_data.read_splits(config)
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    ssgan_main.fail(str(e))
   record = {'benchmark': 'cats_vs_dogs', **run_environment(), 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'config': dataclasses.asdict(config),
             'runs': []}

@@ -238,7 +238,7 @@ def merge(out_dirs: list[str]) -> dict:
 def main(argv):
   xla_cpu.apply_entry_point_choice()
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = ssgan_main.config_from_flags()
   out_dir = common_flags.out_dir('compare_accuracy')
   try:
@@ -260,8 +260,7 @@ def main(argv):
     splits = (export_data.read_npz(common_flags.DATA_NPZ.value) if common_flags.DATA_NPZ.value
               else export_data.read_splits(config))
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    ssgan_main.fail(str(e))
   if common_flags.TORCH_THREADS.value:
     torch.set_num_threads(common_flags.TORCH_THREADS.value)
   os.makedirs(out_dir, exist_ok=True)

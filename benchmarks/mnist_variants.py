@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import statistics
-import sys
 from typing import Optional
 
 from absl import app, flags
@@ -25,6 +24,7 @@ from benchmarks import common_flags
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import difference
+from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import ConfigError
 from ssgan_jax.networks import xla_cpu
 
@@ -179,7 +179,7 @@ def check_variants() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   runs_dir = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants_runs')
   seeds = [int(seed) for seed in _SEEDS.value]
   try:
@@ -190,8 +190,7 @@ def main(argv):
       raise ConfigError('baseline', _BASELINE.value, f'no saved record of it in {runs_dir} '
                         '(--saved_only trains nothing)')
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    ssgan_main.fail(str(e))
   xla_cpu.apply_entry_point_choice()
   os.makedirs(runs_dir, exist_ok=True)
   # Seed-major order: a budget that runs short still leaves every variant on the first seeds.

@@ -16,6 +16,7 @@ from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.networks import models, resnet
 from ssgan_jax.training import train
+from without_tensorflow import REPO
 
 CATS = dict(dataset='cats_vs_dogs', model='resnet18', image_size=32, num_labeled=10,
             num_validation=10, train_split='train[:80%]', test_split='train[80%:]')
@@ -182,3 +183,16 @@ def test_a_short_run_on_the_stand_in_trains_and_evaluates(cats_vs_dogs_data_dir,
   assert summary['step'] == 2 and 0 <= summary['test_accuracy'] <= 1
   saved = json.loads((tmp_path / 'dataset_info.json').read_text())
   assert saved['class_names'] == ['cat', 'dog'] and saved['image_shape'] == [32, 32, 3]
+
+
+@pytest.mark.parametrize('flag,error', [
+    ('--modes=ssl,semi', '--modes=ssl,semi: allowed: ssl, supervised'),
+    ('--selections=curated', '--selections=curated: allowed: random, representative'),
+])
+def test_the_cats_vs_dogs_benchmark_refuses_bad_flags_in_one_line(tmp_path, flag, error):
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.cats_vs_dogs',
+       f'--flagfile={REPO / "experiments" / "cats_vs_dogs_64.flags"}', flag,
+       f'--out_dir={tmp_path}'], capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert (result.returncode, result.stderr, result.stdout) == (2, f'error: {error}\n', '')
+  assert not list(tmp_path.iterdir())
