@@ -72,9 +72,13 @@ def budget() -> dict:
           'data_dir': base._DATA_DIR.value and os.path.abspath(base._DATA_DIR.value)}
 
 
+def record_path(variant: str, seed: int, runs_dir: str) -> str:
+  return os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+
+
 def saved_record(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
   """The saved record of (variant, seed), or None; ConfigError if it has another budget."""
-  path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+  path = record_path(variant, seed, runs_dir)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -93,7 +97,7 @@ def train_record(variant: str, seed: int, runs_dir: str) -> dict:
   summary = base.run(mode, workdir, extra_args + [f'--label_seed={seed}', f'--seed={seed}'])
   record = {'variant': variant, 'seed': seed, 'flags': extra_args, 'budget': budget(),
             'date': datetime.date.today().isoformat(), **summary}
-  path = os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+  path = record_path(variant, seed, runs_dir)
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=1)
   os.replace(path + '.tmp', path)
