@@ -73,6 +73,7 @@ def budget() -> dict:
 
 
 def record_path(variant: str, seed: int, runs_dir: str) -> str:
+  """Where the record of (variant, seed) is saved under `runs_dir`."""
   return os.path.join(runs_dir, f'{variant}_seed{seed}.json')
 
 
