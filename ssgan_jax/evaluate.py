@@ -1,4 +1,6 @@
-"""Test accuracy of a run's checkpoint: raw and moving-average weights, per class, confusion matrix.
+"""Test accuracy of a run's checkpoint: raw and moving-average weights; per class and confusion
+matrix with the parameters the run evaluates with (--eval_params). The test split is the run's
+own (--test_split), its images fitted to the model as in training.
 
   python -m ssgan_jax.evaluate --workdir=/tmp/mnist100 [--step=N] [--data_dir=...]
 
@@ -16,6 +18,7 @@ from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
+_NAMES = {'ema': 'EMA', 'raw': 'raw'}
 
 
 def define_flags() -> None:
@@ -24,23 +27,25 @@ def define_flags() -> None:
 
 
 def evaluate(workdir: str, step=None, data_dir=None) -> dict:
-  """Accuracy (EMA and raw), per-class accuracy and confusion matrix (EMA) on the test split;
-  saved in workdir/evaluation where it can be written."""
+  """Accuracy (EMA and raw), per-class accuracy and confusion matrix (the run's --eval_params)
+  on the run's test split; saved in workdir/evaluation where it can be written."""
   from ssgan_jax.data import input_pipeline
   from ssgan_jax.training import plots, trained  # Heavy: after flag checks.
   run = trained.load(workdir, step, data_dir)
-  images, labels = input_pipeline.load_split(run.config, 'test')
+  images, labels = input_pipeline.read_split(run.config, run.info, 'test')
   predictions = {which: run.class_probabilities(images, which).argmax(-1)
                  for which in config_lib.EVAL_PARAMS}
-  confusion = metrics.confusion_matrix(labels, predictions['ema'],
+  scored = run.config.eval_params
+  confusion = metrics.confusion_matrix(labels, predictions[scored],
                                        labels=range(run.info.num_classes))
   result = {
       'workdir': os.path.abspath(workdir), 'step': run.step, 'dataset': run.config.dataset,
       'num_test': len(labels),
       'class_names': [run.class_name(k) for k in range(run.info.num_classes)],
       **{f'test_accuracy_{which}': float(np.mean(p == labels)) for which, p in predictions.items()},
-      'per_class_accuracy_ema': (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist(),
-      'confusion_matrix_ema': confusion.tolist(),
+      'per_class_params': scored,
+      'per_class_accuracy': (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist(),
+      'confusion_matrix': confusion.tolist(),
   }
   out_dir = os.path.join(workdir, 'evaluation')
   try:
@@ -51,7 +56,7 @@ def evaluate(workdir: str, step=None, data_dir=None) -> dict:
     logging.warning('Not saved: %s cannot be written (%s).', out_dir, e.strerror)
     return result
   title = (f'{run.config.dataset}, step {run.step}: test accuracy '
-           f'{100 * result["test_accuracy_ema"]:.2f} % (EMA)')
+           f'{100 * result[f"test_accuracy_{scored}"]:.2f} % ({_NAMES[scored]})')
   plots.save_png(plots.confusion_picture(confusion, title),
                  os.path.join(out_dir, f'confusion_step_{run.step}.png'))
   result['saved_in'] = out_dir
@@ -60,15 +65,16 @@ def evaluate(workdir: str, step=None, data_dir=None) -> dict:
 
 def report(result: dict) -> str:
   """The result as text: accuracies, per-class accuracy and the confusion matrix."""
-  confusion = np.asarray(result['confusion_matrix_ema'])
+  confusion = np.asarray(result['confusion_matrix'])
   names = result['class_names']
+  scored = _NAMES[result['per_class_params']]
   width = max(5, len(str(confusion.max())) + 1)
   lines = [f"{result['dataset']}, step {result['step']}, {result['num_test']} test examples",
            f"test accuracy: {100 * result['test_accuracy_ema']:.2f} % (EMA), "
            f"{100 * result['test_accuracy_raw']:.2f} % (raw)",
-           'per-class accuracy (EMA): ' + ', '.join(
-               f'{name}: {100 * a:.1f} %' for name, a in zip(names, result['per_class_accuracy_ema'])),
-           'confusion matrix (EMA; rows true, columns predicted):',
+           f'per-class accuracy ({scored}): ' + ', '.join(
+               f'{name}: {100 * a:.1f} %' for name, a in zip(names, result['per_class_accuracy'])),
+           f'confusion matrix ({scored}; rows true, columns predicted):',
            'true\\pred'.rjust(9) + ''.join(str(k).rjust(width) for k in range(len(confusion)))]
   lines += [str(k).rjust(9) + ''.join(str(n).rjust(width) for n in row)
             for k, row in enumerate(confusion)]

@@ -2,8 +2,10 @@
 
   python -m ssgan_jax.predict --workdir=/tmp/mnist100 digit.png other.png
 
-Images must have the size and channels of the dataset the run trained on (e.g. 28x28
-grayscale for MNIST); anything else stops with one line naming the file, and exit code 2.
+Each image is fitted to the model as training reads images: resized (antialiased) to the
+model's input size, and grayscale made RGB for an RGB model. A file that cannot be read, or
+an image the model cannot take (RGB for a grayscale model, a mode other than 8-bit L or RGB),
+stops it with one line naming the file, and exit code 2.
 """
 from absl import flags
 import numpy as np
@@ -13,7 +15,8 @@ from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
-_MODES = {1: 'L', 3: 'RGB'}  # PIL image mode for each channel count
+# PIL image modes a model of each channel count takes (grayscale is made RGB for RGB models).
+_MODES = {1: ('L',), 3: ('RGB', 'L')}
 
 
 class ImageError(ValueError):
@@ -21,20 +24,21 @@ class ImageError(ValueError):
 
 
 def read_image(path: str, shape: tuple) -> np.ndarray:
-  """The file as a uint8 HxWxC array of `shape`; ImageError otherwise."""
-  height, width, channels = shape
+  """The file as a uint8 HxWxC array of `shape`, fitted as training fits images
+  (input_pipeline.fit_image); ImageError for a file the model cannot take."""
+  from ssgan_jax.data import input_pipeline  # Heavy (TensorFlow): after the flag checks.
+  channels = shape[-1]
   try:
     with Image.open(path) as image:
       image.load()
   except (OSError, ValueError) as e:
     raise ImageError(f'{path}: cannot be read as an image ({type(e).__name__})') from None
-  if image.mode != _MODES.get(channels):
+  allowed = _MODES[channels]
+  if image.mode not in allowed:
     raise ImageError(f'{path}: PIL mode {image.mode}; the model takes {channels}-channel 8-bit '
-                     f'images (mode {_MODES.get(channels)})')
-  if image.size != (width, height):
-    raise ImageError(f'{path}: is {image.size[0]}x{image.size[1]}; the model takes '
-                     f'{width}x{height}')
-  return np.asarray(image, np.uint8).reshape(shape)
+                     f'images (mode {" or ".join(allowed)})')
+  pixels = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
+  return np.asarray(input_pipeline.fit_image(pixels, shape))
 
 
 def predictions(run, paths: list[str]) -> list[str]:

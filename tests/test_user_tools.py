@@ -184,7 +184,8 @@ def test_evaluate_matches_training_and_writes_json_and_confusion_png(digits_run)
   assert result['test_accuracy_ema'] > 0.5  # chance: 0.1
   assert result['test_accuracy_ema'] == pytest.approx(summary['test_accuracy'])
   assert result['test_accuracy_raw'] == pytest.approx(summary['test_accuracy_raw'])
-  confusion = np.asarray(result['confusion_matrix_ema'])
+  assert result['per_class_params'] == 'ema'  # the run's --eval_params
+  confusion = np.asarray(result['confusion_matrix'])
   assert confusion.shape == (10, 10) and confusion.sum() == 497
   assert np.trace(confusion) / 497 == pytest.approx(result['test_accuracy_ema'])
   saved = json.loads(pathlib.Path(workdir, 'evaluation', 'step_60.json').read_text())
@@ -213,7 +214,8 @@ def write_digit_files(directory: pathlib.Path) -> dict:
     paths[str(directory / f'digit{i}.png')] = labels[i]
     Image.fromarray(images[i, :, :, 0]).save(directory / f'digit{i}.png')
   Image.fromarray(images[0, :, :, 0]).convert('RGB').save(directory / 'rgb.png')
-  Image.new('L', (28, 28)).save(directory / 'mnist_sized.png')
+  Image.new('L', (16, 12), 200).save(directory / 'gray_16x12.png')
+  Image.new('RGBA', (8, 8)).save(directory / 'rgba.png')
   (directory / 'text.png').write_text('not an image')
   return paths
 
@@ -232,7 +234,7 @@ def test_predict_gives_the_class_and_probability_of_each_file(digits_run, tmp_pa
 
 @pytest.mark.parametrize('name,expected', [
     ('rgb.png', 'PIL mode RGB; the model takes 1-channel 8-bit images (mode L)'),
-    ('mnist_sized.png', 'is 28x28; the model takes 8x8'),
+    ('rgba.png', 'PIL mode RGBA; the model takes 1-channel 8-bit images (mode L)'),
     ('text.png', 'cannot be read as an image (UnidentifiedImageError)'),
     ('missing.png', 'cannot be read as an image (FileNotFoundError)'),
 ])
@@ -240,6 +242,13 @@ def test_predict_reads_only_images_that_fit(name, expected, tmp_path):
   write_digit_files(tmp_path)
   with pytest.raises(predict.ImageError, match=re.escape(f'{tmp_path / name}: {expected}')):
     predict.read_image(str(tmp_path / name), (8, 8, 1))
+
+
+def test_predict_fits_other_sizes_and_grayscale_to_the_model(tmp_path):
+  write_digit_files(tmp_path)
+  path = str(tmp_path / 'gray_16x12.png')
+  assert np.array_equal(predict.read_image(path, (8, 8, 1)), np.full((8, 8, 1), 200, np.uint8))
+  assert np.array_equal(predict.read_image(path, (4, 4, 3)), np.full((4, 4, 3), 200, np.uint8))
 
 
 def test_predict_command_on_a_bad_file_exits_2_with_one_line(digits_run, tmp_path):

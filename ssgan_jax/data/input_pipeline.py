@@ -191,7 +191,8 @@ def load_split(config: Config, split: str,
     return embedded.make()[split]
   dataset = tfds.load(config.dataset, split=split, data_dir=config.data_dir)
   if image_shape is not None:
-    dataset = dataset.map(functools.partial(_fit_image, image_shape=image_shape),
+    dataset = dataset.map(lambda example: {'image': fit_image(example['image'], image_shape),
+                                           'label': example['label']},
                           num_parallel_calls=tf.data.AUTOTUNE)
   # Chunks rather than batch_size=-1, which needs the split size in the metadata.
   chunks = list(tfds.as_numpy(dataset.batch(_READ_CHUNK)))
@@ -199,17 +200,17 @@ def load_split(config: Config, split: str,
           np.concatenate([c['label'] for c in chunks]).astype(np.int32))
 
 
-def _fit_image(example: dict, image_shape: tuple) -> dict:
-  """The example with its image resized to image_shape's H x W (antialiased bilinear) and
-  grayscale made RGB where the model takes RGB; untouched where it already fits."""
-  image = example['image']
+def fit_image(image: 'tf.Tensor | np.ndarray', image_shape: tuple) -> 'tf.Tensor':
+  """A uint8 HxWxC image resized to image_shape's H x W (antialiased bilinear) and grayscale
+  made RGB where the model takes RGB; untouched where it already fits."""
   height, width, channels = image_shape
+  image = tf.convert_to_tensor(image)
   if image.shape[-1] == 1 and channels == 3:
     image = tf.image.grayscale_to_rgb(image)
   if tuple(image.shape[:2]) != (height, width):
     resized = tf.image.resize(image, (height, width), antialias=True)
     image = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-  return {'image': tf.ensure_shape(image, image_shape), 'label': example['label']}
+  return tf.ensure_shape(image, image_shape)
 
 
 def split_train(labels: np.ndarray, num_classes: int, num_labeled: int, num_validation: int,
@@ -263,14 +264,20 @@ def check_download_reachable(builder: 'tfds.core.DatasetBuilder') -> None:
   requests.head(next(iter(type(builder).url_infos or {}), _TFDS_GCS_URL), timeout=10)
 
 
-def read_train_test(config: Config, info: DatasetInfo) -> tuple[np.ndarray, ...]:
-  """(train images, train labels, test images, test labels): --train_split and --test_split,
-  fitted to info.image_shape as they are read."""
+def read_split(config: Config, info: DatasetInfo, which: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of the run's `which` split ('train': --train_split, 'test':
+  --test_split), fitted to info.image_shape as they are read."""
   if config.dataset in embedded_datasets.DATASETS:
-    return (*load_split(config, 'train'), *load_split(config, 'test'))
-  prepare(config)
-  return (*load_split(config, config.train_split, info.image_shape),
-          *load_split(config, config.test_split, info.image_shape))
+    return load_split(config, which)
+  return load_split(config, getattr(config, f'{which}_split'), info.image_shape)
+
+
+def read_train_test(config: Config, info: DatasetInfo) -> tuple[np.ndarray, ...]:
+  """(train images, train labels, test images, test labels) of the run (see read_split),
+  prepared by TFDS first where needed."""
+  if config.dataset not in embedded_datasets.DATASETS:
+    prepare(config)
+  return (*read_split(config, info, 'train'), *read_split(config, info, 'test'))
 
 
 def load(config: Config, info: DatasetInfo) -> SemiSupervisedData:
