@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from benchmarks import compare_accuracy, export_data, spread
+from benchmarks import compare_accuracy, export_data, run_environment, spread
 from benchmarks.torch_reference import train as torch_train
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.config import Config, ConfigError
@@ -61,6 +61,18 @@ def test_curve_steps():
   assert compare_accuracy.curve_steps(tiny_config(num_steps=1000), 4) == [250, 500, 750, 1000]
   with pytest.raises(ConfigError, match='--curve_points=2: must be 1 when'):
     compare_accuracy.curve_steps(tiny_config(lr_decay_fraction=0.5), 2)
+
+
+@pytest.mark.parametrize('flags,widest', [('fpu avx avx2 fma', 'avx2'),
+                                           ('avx avx2 avx512f avx512bw', 'avx512f'),
+                                           ('fpu sse2', 'no AVX')])
+def test_records_name_the_cpu_s_family_model_and_widest_vector_extension(tmp_path, flags,
+                                                                        widest):
+  cpu = 'processor\t: {}\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: {}\n'
+  (tmp_path / 'cpuinfo').write_text(cpu.format(0, flags) + '\n' + cpu.format(1, 'fpu'))
+  assert (run_environment.cpu_description(str(tmp_path / 'cpuinfo'))
+          == f'AMD EPYC, family 25 model 17, {widest}')
+  assert run_environment.cpu_description(str(tmp_path / 'missing')) != ''
 
 
 def test_spread_is_the_sample_standard_deviation():
