@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common_flags, peaks
+from benchmarks.run_environment import cpu_description
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.training import parallel, train
 from ssgan_jax import main as ssgan_main
@@ -414,7 +415,9 @@ def _fmt(value, spec: str = '.3g', missing: str = 'n/a') -> str:
 def markdown(header: dict, records: list) -> str:
   jax_rows = [r for r in records if r['kind'] == 'jax']
   out = [f"Device: {header['num_local_devices']} x {header['device_kind']} "
-         f"({header['platform']}), jax {header['jax']}, jaxlib {header['jaxlib']}, "
+         f"({header['platform']}), "
+         + (f"host CPU {header['cpu']}, " if 'cpu' in header else '')
+         + f"jax {header['jax']}, jaxlib {header['jaxlib']}, "
          f"{header['date']}, XLA_FLAGS `{header.get('xla_flags') or ''}`. "
          f"Command: `{header['command']}`", '',
          '| model | batch | devices | variant | compile s | steps/s | images/s | GFLOP/step '
@@ -517,7 +520,7 @@ def run_header(benchmark: str, steps: int, warmup: int, repeats: int) -> dict:
       'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
       'num_local_devices': len(devices), 'jax': jax.__version__,
       'jaxlib': importlib.metadata.version('jaxlib'),
-      'host': platform.machine(), 'cpu_count': os.cpu_count(),
+      'host': platform.machine(), 'cpu': cpu_description(), 'cpu_count': os.cpu_count(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'steps': steps, 'warmup': warmup, 'repeats': repeats}
 

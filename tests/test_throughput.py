@@ -19,6 +19,7 @@ def test_tiny_benchmark_reports_speed_cost_versions_and_torch_without_tensorflow
   header, rows = records[0], {r['kind']: r for r in records[1:]}
   assert header['platform'] == 'cpu' and header['num_local_devices'] == 1
   assert header['jax'] and header['jaxlib'] and header['device_kind']
+  assert f"host CPU {header['cpu']}, " in (tmp_path / 'throughput.md').read_text()
   [row] = [r for r in records if r['kind'] == 'jax']
   assert (row['model'], row['global_batch'], row['num_devices']) == ('mlp', 4, 1)
   assert (row['parallel'], row['compute_dtype']) == ('pmap', 'float32')
