@@ -15,15 +15,14 @@ import dataclasses
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 import torch
 
-from benchmarks import common_flags, compare_accuracy, export_data
+from benchmarks import common_flags, compare_accuracy, export_data, record_files
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std
 from ssgan_jax import config as config_lib, main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 
 MODES = ('ssl', 'supervised')
 # The seed's figures (its README and talk), on the real photos at 224 px.
@@ -90,29 +89,18 @@ def markdown(record: dict) -> str:
 def write(record: dict, out_dir: str) -> str:
   """Saves the record as JSON and its tables as markdown; returns the tables."""
   table = markdown(record)
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, 'cats_vs_dogs')
-  with open(stem + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  with open(stem + '.md', 'w') as f:
-    f.write(table)
+  record_files.save(os.path.join(out_dir, 'cats_vs_dogs'), record, table)
   return table
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+def main():
   config = ssgan_main.config_from_flags()
-  try:
-    config_lib.validate(config)
-    for name, values, allowed in (('selections', _SELECTIONS.value, config_lib.LABEL_SELECTIONS),
-                                  ('modes', _MODES.value, MODES)):
-      if not values or set(values) - set(allowed):
-        raise config_lib.ConfigError(name, ','.join(values), f'allowed: {", ".join(allowed)}')
-    splits = export_data.read_splits(config)
-  except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
+  config_lib.validate(config)
+  for name, values, allowed in (('selections', _SELECTIONS.value, config_lib.LABEL_SELECTIONS),
+                                ('modes', _MODES.value, MODES)):
+    if not values or set(values) - set(allowed):
+      raise config_lib.ConfigError(name, ','.join(values), f'allowed: {", ".join(allowed)}')
+  splits = export_data.read_splits(config)
   record = {'benchmark': 'cats_vs_dogs', **run_environment(), 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'config': dataclasses.asdict(config),
             'runs': []}
@@ -126,4 +114,4 @@ def main(argv):
 
 if __name__ == '__main__':
   ssgan_main.define_flags()
-  app.run(main)
+  common_flags.run(main)

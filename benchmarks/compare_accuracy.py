@@ -21,26 +21,23 @@ current step first); torch runs start over. With --data_npz (written by
 benchmarks/export_data.py) no TFDS is read.
 """
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from typing import Callable, Optional
 
-from absl import app, flags
-import jax
+from absl import flags
 import numpy as np
 import torch
 
-from benchmarks import common_flags, export_data
+from benchmarks import common_flags, export_data, record_files
+from benchmarks.run_environment import run_environment
 from benchmarks.spread import difference, mean_std
 from benchmarks.torch_reference.train import TorchTrainer, check_supported
 from ssgan_jax import config as config_lib
 from ssgan_jax.data import input_pipeline
 from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 from ssgan_jax.training import preemption, train
 
 RUNS = ('jax_ssl', 'torch_ssl', 'jax_supervised', 'torch_supervised')
@@ -212,12 +209,7 @@ def trainer_differences(record: dict, by_run: dict, steps: list[int]) -> list[st
 def write(record: dict, out_dir: str) -> str:
   """Saves the record as JSON and its tables as markdown; returns the tables."""
   table = markdown(record)
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, 'compare_accuracy')
-  with open(stem + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  with open(stem + '.md', 'w') as f:
-    f.write(table)
+  record_files.save(os.path.join(out_dir, 'compare_accuracy'), record, table)
   return table
 
 
@@ -235,44 +227,29 @@ def merge(out_dirs: list[str]) -> dict:
           'runs': [run for r in records for run in r['runs']]}
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+def main():
   config = ssgan_main.config_from_flags()
   out_dir = common_flags.out_dir('compare_accuracy')
-  try:
-    if _MERGE.value:
-      print(write(merge(_MERGE.value), out_dir))
-      return
-    config_lib.validate(config)
-    steps = curve_steps(config, _CURVE_POINTS.value)
-    unknown = set(_RUNS.value) - set(RUNS)
-    if unknown:
-      raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
-    if any(name.startswith('torch') for name in _RUNS.value):
-      check_supported(config)
-    workroot = os.path.join(out_dir, 'runs')
-    for seed in map(int, common_flags.LABEL_SEEDS.value):
-      for name in _RUNS.value:
-        if name.startswith('jax'):
-          check_resumable(os.path.join(workroot, f'{name}_{seed}'), steps)
-    splits = (export_data.read_npz(common_flags.DATA_NPZ.value) if common_flags.DATA_NPZ.value
-              else export_data.read_splits(config))
-  except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
+  if _MERGE.value:
+    print(write(merge(_MERGE.value), out_dir))
+    return
+  config_lib.validate(config)
+  steps = curve_steps(config, _CURVE_POINTS.value)
+  unknown = set(_RUNS.value) - set(RUNS)
+  if unknown:
+    raise config_lib.ConfigError('runs', ','.join(_RUNS.value), f'allowed: {", ".join(RUNS)}')
+  if any(name.startswith('torch') for name in _RUNS.value):
+    check_supported(config)
+  workroot = os.path.join(out_dir, 'runs')
+  for seed in map(int, common_flags.LABEL_SEEDS.value):
+    for name in _RUNS.value:
+      if name.startswith('jax'):
+        check_resumable(os.path.join(workroot, f'{name}_{seed}'), steps)
+  splits = export_data.read_data(config)
   if common_flags.TORCH_THREADS.value:
     torch.set_num_threads(common_flags.TORCH_THREADS.value)
-  os.makedirs(out_dir, exist_ok=True)
   record = {
-      'benchmark': 'compare_accuracy', 'command': ' '.join(['python', '-m',
-                                                            'benchmarks.compare_accuracy']
-                                                           + sys.argv[1:]),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes'),
-      'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
-      'jax': jax.__version__, 'jax_devices': f'{jax.local_device_count()} x '
-      f'{jax.devices()[0].device_kind}', 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'torch': torch.__version__,
+      'benchmark': 'compare_accuracy', **run_environment(), 'torch': torch.__version__,
       'torch_device': _TORCH_DEVICE.value, 'torch_threads': torch.get_num_threads(),
       'config': dataclasses.asdict(config), 'runs': []}
   for seed in map(int, common_flags.LABEL_SEEDS.value):
@@ -300,4 +277,4 @@ def main(argv):
 
 if __name__ == '__main__':
   ssgan_main.define_flags()
-  app.run(main)
+  common_flags.run(main)

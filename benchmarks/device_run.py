@@ -18,19 +18,17 @@ data (the test suite's check that the call is ready). docs/gpu_tpu.md is the run
 """
 import dataclasses
 import importlib.util
-import json
 import os
 import time
 from typing import Callable, Optional
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
 from benchmarks import throughput, time_to_accuracy
-from benchmarks import common_flags, export_data
+from benchmarks import common_flags, export_data, record_files
 from ssgan_jax import config as config_lib, main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 
 FLAGS = flags.FLAGS
 _BUDGET_S = flags.DEFINE_float('budget_s', 480, 'Wall-clock seconds after which no part starts.')
@@ -143,11 +141,9 @@ def write_part(out_dir: str, key: str, title: str, result: dict) -> str:
   """Writes part_<key>.json and .md; returns the markdown."""
   text = f'## {key}. {title}\n\n' + (f"Skipped: {result['skipped']}.\n" if 'skipped' in result
                                        else result['markdown'])
-  with open(os.path.join(out_dir, f'part_{key}.json'), 'w') as f:
-    json.dump({'part': key, 'title': title, **{k: v for k, v in result.items()
-                                               if k != 'markdown'}}, f, indent=1)
-  with open(os.path.join(out_dir, f'part_{key}.md'), 'w') as f:
-    f.write(text)
+  record_files.save(os.path.join(out_dir, f'part_{key}'),
+                    {'part': key, 'title': title,
+                     **{k: v for k, v in result.items() if k != 'markdown'}}, text)
   print(text, flush=True)
   return text
 
@@ -174,14 +170,9 @@ def run_parts(out_dir: str, budget_s: float, smoke: bool, precision: str,
   return texts
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if common_flags.DATA_NPZ.value and not os.path.isfile(common_flags.DATA_NPZ.value):
-    ssgan_main.fail(f'--data_npz={common_flags.DATA_NPZ.value}: no such file')
+def main():
   if _BUDGET_S.value <= 0:
-    ssgan_main.fail(f'--budget_s={_BUDGET_S.value:g}: must be > 0')
+    raise config_lib.ConfigError('budget_s', f'{_BUDGET_S.value:g}', 'must be > 0')
   if _SMOKE.value:
     jax.config.update('jax_platforms', 'cpu')
   out_dir = common_flags.out_dir('device_run')
@@ -193,4 +184,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  common_flags.run(main)

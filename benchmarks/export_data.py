@@ -6,12 +6,14 @@
 file for any --label_seed with `input_pipeline.split_train`, so they are the arrays that
 reading TFDS gives.
 """
-from absl import app, flags
+import os
+
+from absl import flags
 import numpy as np
 
+from benchmarks import common_flags
+from ssgan_jax import config as config_lib, main as ssgan_main
 from ssgan_jax.data import input_pipeline
-from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 from ssgan_jax.config import Config, ConfigError
 
 
@@ -23,6 +25,12 @@ def read_splits(config: Config) -> dict:
   return {'dataset': config.dataset, 'num_classes': info.num_classes,
           'train_images': train_images, 'train_labels': train_labels,
           'test_images': test_images, 'test_labels': test_labels}
+
+
+def read_data(config: Config) -> dict:
+  """What `read_splits` returns: from --data_npz when it is set, else from TFDS."""
+  path = common_flags.DATA_NPZ.value
+  return read_npz(path) if path else read_splits(config)
 
 
 def read_npz(path: str) -> dict:
@@ -50,15 +58,20 @@ def semi_supervised_data(config: Config, splits: dict) -> tuple[
 _OUT = flags.DEFINE_string('out', None, 'The .npz file to write.')
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  del argv
+def main():
+  if not _OUT.value.endswith('.npz'):
+    raise ConfigError('out', _OUT.value, 'must end in .npz')
   config = ssgan_main.config_from_flags()
-  np.savez_compressed(_OUT.value, **read_splits(config))
+  config_lib.validate(config)
+  splits = read_splits(config)
+  # Written whole or not at all: an existing file survives a failed export.
+  with open(_OUT.value + '.tmp', 'wb') as f:
+    np.savez_compressed(f, **splits)
+  os.replace(_OUT.value + '.tmp', _OUT.value)
   print(f'wrote {_OUT.value}')
 
 
 if __name__ == '__main__':
   ssgan_main.define_flags()
   flags.mark_flag_as_required('out')
-  app.run(main)
+  common_flags.run(main)

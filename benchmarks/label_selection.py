@@ -1,36 +1,33 @@
 """Random against representative labeled subsets (--label_selection), over several label seeds.
 
-For each dataset and selection, trains one semi-supervised run per seed on a short budget
-(its --label_seed and --seed both, so the labeled subset and the initialisation vary) and
+For each dataset and selection, trains one run per --label_seeds on a short budget (each
+seed is the run's --label_seed and --seed, so the labeled subset and the initialisation vary) and
 reports test accuracy as mean ± std over the seeds. Prints and saves a JSON record
 and a markdown table under --out_dir (rewritten after every run, so a cut-short benchmark
 keeps what it measured).
 
   python -m benchmarks.label_selection --data_dir=../shared/tfds
 """
-import json
 import os
 import pathlib
 import tempfile
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
+from ssgan_jax.config import ConfigError
 from ssgan_jax.training import train
-from benchmarks import common_flags
+from benchmarks import common_flags, record_files
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import mean_std
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding mnist.')
 _DATASETS = flags.DEFINE_list('datasets', ['digits', 'mnist'], 'Flagfiles in experiments/ to run.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0, 1, ... per selection, each a run\'s '
-                             '--label_seed and its --seed.')
 _STEPS = flags.DEFINE_list('steps', ['digits:1000', 'mnist:1100'],
                            'Train steps per dataset (short budgets), as name:steps.')
-_MODE = flags.DEFINE_string('mode', 'ssl', 'ssl or supervised.')
+_MODE = flags.DEFINE_enum('mode', 'ssl', ('ssl', 'supervised'), 'Training mode of every run.')
 SELECTIONS = ('random', 'representative')
 
 
@@ -65,10 +62,25 @@ def markdown(record: dict) -> str:
   return '\n'.join(rows) + '\n'
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  del argv
-  steps = {name: int(n) for name, n in (item.split(':') for item in _STEPS.value)}
+def steps_per_dataset() -> dict[str, int]:
+  """--steps as {dataset: steps}; ConfigError unless it gives every --datasets a flagfile in
+  experiments/ a positive step count."""
+  try:
+    steps = {name: int(n) for name, n in (item.split(':') for item in _STEPS.value)}
+  except ValueError:
+    steps = {}
+  if not steps or any(n < 1 for n in steps.values()):
+    raise ConfigError('steps', ','.join(_STEPS.value), 'must be name:steps pairs, steps >= 1')
+  for dataset in _DATASETS.value:
+    if not (REPO / 'experiments' / f'{dataset}.flags').is_file():
+      raise ConfigError('datasets', dataset, f'no experiments/{dataset}.flags')
+    if dataset not in steps:
+      raise ConfigError('steps', ','.join(_STEPS.value), f'gives no steps for {dataset}')
+  return steps
+
+
+def main():
+  steps = steps_per_dataset()
   out_dir = common_flags.out_dir('label_selection')
   os.makedirs(out_dir, exist_ok=True)
   workroot = tempfile.mkdtemp(prefix='label_selection_', dir=out_dir)
@@ -77,16 +89,14 @@ def main(argv):
       **run_environment(), 'runs': []}
   stem = os.path.join(out_dir, 'label_selection')
   for dataset in _DATASETS.value:
-    for seed in range(_SEEDS.value):  # Seeds outermost: a cut-short run stays balanced.
+    # Seeds outermost: a cut-short run stays balanced.
+    for seed in map(int, common_flags.LABEL_SEEDS.value):
       for selection in SELECTIONS:
         workdir = os.path.join(workroot, f'{dataset}_{selection}_{seed}')
         record['runs'].append(run(dataset, selection, seed, steps[dataset], workdir))
-        with open(stem + '.json', 'w') as f:
-          json.dump(record, f, indent=1)
-        with open(stem + '.md', 'w') as f:
-          f.write(markdown(record))
+        record_files.save(stem, record, markdown(record))
   print(markdown(record))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common_flags.run(main)

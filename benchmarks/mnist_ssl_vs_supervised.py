@@ -12,12 +12,11 @@ import pathlib
 import tempfile
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 from ssgan_jax.training import train
-from benchmarks import common_flags
+from benchmarks import common_flags, record_files
 from benchmarks.run_environment import run_environment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,9 +69,7 @@ def markdown(record: dict) -> str:
   return '\n'.join(rows) + '\n'
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  del argv
+def main():
   out_dir = common_flags.out_dir('mnist_ssl_vs_supervised')
   os.makedirs(out_dir, exist_ok=True)
   workroot = tempfile.mkdtemp(prefix='mnist_ssl_vs_supervised_', dir=out_dir)
@@ -84,13 +81,10 @@ def main(argv):
   }
   table = markdown(record)
   stem = os.path.join(out_dir, 'mnist_ssl_vs_supervised')
-  with open(stem + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  with open(stem + '.md', 'w') as f:
-    f.write(table)
+  record_files.save(stem, record, table)
   print(table)
   print(json.dumps({k: v for k, v in record.items() if k != 'runs'}))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common_flags.run(main)

@@ -18,15 +18,13 @@ import shutil
 import statistics
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 
-from benchmarks import common_flags
+from benchmarks import common_flags, record_files
 from benchmarks import mnist_ssl_vs_supervised as base
 from benchmarks.run_environment import run_environment
 from benchmarks.spread import difference
-from ssgan_jax import main as ssgan_main
 from ssgan_jax.config import ConfigError
-from ssgan_jax.networks import xla_cpu
 
 # name -> (mode, flags beyond the flagfile's). salimans is the flagfile's default.
 VARIANTS = {
@@ -59,6 +57,7 @@ VARIANTS = {
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: one run per variant and seed, '
                            'with that label and training seed; the --label_seed flag is not used.')
+common_flags.require_seed_list(_SEEDS)
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run and tabulate.')
 _BASELINE = flags.DEFINE_string('baseline', 'salimans', 'The variant the others are compared '
                                  'with; one of --variants.')
@@ -72,14 +71,14 @@ def budget() -> dict:
           'data_dir': base._DATA_DIR.value and os.path.abspath(base._DATA_DIR.value)}
 
 
-def record_path(variant: str, seed: int, runs_dir: str) -> str:
-  """Where the record of (variant, seed) is saved under `runs_dir`."""
-  return os.path.join(runs_dir, f'{variant}_seed{seed}.json')
+def record_stem(variant: str, seed: int, runs_dir: str) -> str:
+  """Where the record of (variant, seed) is saved under `runs_dir`, less '.json'."""
+  return os.path.join(runs_dir, f'{variant}_seed{seed}')
 
 
 def saved_record(variant: str, seed: int, runs_dir: str) -> Optional[dict]:
   """The saved record of (variant, seed), or None; ConfigError if it has another budget."""
-  path = record_path(variant, seed, runs_dir)
+  path = record_stem(variant, seed, runs_dir) + '.json'
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -98,10 +97,7 @@ def train_record(variant: str, seed: int, runs_dir: str) -> dict:
   summary = base.run(mode, workdir, extra_args + [f'--label_seed={seed}', f'--seed={seed}'])
   record = {'variant': variant, 'seed': seed, 'flags': extra_args, 'budget': budget(),
             'date': datetime.date.today().isoformat(), **summary}
-  path = record_path(variant, seed, runs_dir)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(record, f, indent=1)
-  os.replace(path + '.tmp', path)
+  record_files.save(record_stem(variant, seed, runs_dir), record)
   shutil.rmtree(workdir)
   return record
 
@@ -182,22 +178,15 @@ def check_variants() -> None:
                       f'must be one of --variants ({",".join(_VARIANTS.value)})')
 
 
-def main(argv):
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+def main():
   runs_dir = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants_runs')
   seeds = [int(seed) for seed in _SEEDS.value]
-  try:
-    check_variants()
-    saved = {(name, seed): saved_record(name, seed, runs_dir)
-             for seed in seeds for name in _VARIANTS.value}
-    if _SAVED_ONLY.value and not any(saved[_BASELINE.value, seed] for seed in seeds):
-      raise ConfigError('baseline', _BASELINE.value, f'no saved record of it in {runs_dir} '
-                        '(--saved_only trains nothing)')
-  except ConfigError as e:
-    ssgan_main.fail(str(e))
-  xla_cpu.apply_entry_point_choice()
-  os.makedirs(runs_dir, exist_ok=True)
+  check_variants()
+  saved = {(name, seed): saved_record(name, seed, runs_dir)
+           for seed in seeds for name in _VARIANTS.value}
+  if _SAVED_ONLY.value and not any(saved[_BASELINE.value, seed] for seed in seeds):
+    raise ConfigError('baseline', _BASELINE.value, f'no saved record of it in {runs_dir} '
+                      '(--saved_only trains nothing)')
   # Seed-major order: a budget that runs short still leaves every variant on the first seeds.
   runs = {name: [] for name in _VARIANTS.value}
   for seed in seeds:
@@ -216,14 +205,11 @@ def main(argv):
       'runs': runs,
   }
   table = markdown(record)
-  stem = os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants')
-  with open(stem + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  with open(stem + '.md', 'w') as f:
-    f.write(table)
+  record_files.save(os.path.join(common_flags.out_dir('mnist_variants'), 'mnist_variants'),
+                    record, table)
   print(table)
   print(json.dumps({k: v for k, v in record.items() if k not in ('runs', 'variants')}))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common_flags.run(main)

@@ -29,9 +29,16 @@ def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> str:
           f"model {fields.get('model', '?')}, {widest}")
 
 
+def command_line() -> str:
+  """This process's command line, as `python -m MODULE ...` when it was started that way."""
+  spec = getattr(sys.modules['__main__'], '__spec__', None)
+  program = ['-m', spec.name] if spec else sys.argv[:1]
+  return ' '.join(['python', *program, *sys.argv[1:]])
+
+
 def run_environment() -> dict:
   """The command line, date, machine and CPU, device, jax version and XLA flags of this run."""
-  return {'command': ' '.join(['python'] + sys.argv),
+  return {'command': command_line(),
           'date': datetime.date.today().isoformat(),
           'machine': platform.processor() or platform.machine(), 'cpu': cpu_description(),
           'cpu_count': os.cpu_count(),

@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +35,6 @@ from benchmarks.run_environment import cpu_description
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.training import parallel, train
 from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 from ssgan_jax import config as config_lib
 from ssgan_jax.config import Config
 
@@ -525,14 +524,8 @@ def run_header(benchmark: str, steps: int, warmup: int, repeats: int) -> dict:
       'steps': steps, 'warmup': warmup, 'repeats': repeats}
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    check_flags()
-  except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
+def main():
+  check_flags()
   devices = jax.local_devices()
   counts = [int(c) for c in _DEVICE_COUNTS.value] or [len(devices)]
   header = {**run_header('throughput', _STEPS.value, _WARMUP.value, _REPEATS.value),
@@ -593,4 +586,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  common_flags.run(main)

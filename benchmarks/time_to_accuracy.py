@@ -18,23 +18,19 @@ Needs neither TensorFlow nor TFDS with --data_npz (benchmarks/export_data.py wri
 import contextlib
 import dataclasses
 import functools
-import json
 import os
-import sys
 import time
 from typing import Callable, Optional
 
-from absl import app, flags
+from absl import flags
 import jax
-import numpy as np
 
-from benchmarks import common_flags, export_data
+from benchmarks import common_flags, export_data, record_files
 from benchmarks.run_environment import run_environment
 from ssgan_jax import config as config_lib
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.training import parallel, train
 from ssgan_jax import main as ssgan_main
-from ssgan_jax.networks import xla_cpu
 
 FRAMEWORKS = ('jax', 'torch')
 FLAGS = flags.FLAGS
@@ -200,10 +196,7 @@ def run(config: config_lib.Config, splits: dict, targets: list[float], framework
                 'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}
     record['runs'][framework] = result
     record['torch_over_jax'] = ratios(record['runs'])
-    with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
-      json.dump(record, f, indent=1)
-    with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
-      f.write(markdown(record))
+    record_files.save(os.path.join(out_dir, name), record, markdown(record))
   return record
 
 
@@ -221,22 +214,13 @@ def check_flags(config: config_lib.Config) -> list[float]:
   if not targets or not all(0 <= t <= 1 for t in targets):
     raise config_lib.ConfigError('targets', ','.join(FLAGS.targets),
                                  'must be accuracies in [0, 1], comma-separated')
-  if common_flags.DATA_NPZ.value and not os.path.isfile(common_flags.DATA_NPZ.value):
-    raise config_lib.ConfigError('data_npz', common_flags.DATA_NPZ.value, 'no such file')
   return targets
 
 
-def main(argv):
-  xla_cpu.apply_entry_point_choice()
-  if len(argv) > 1:
-    ssgan_main.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+def main():
   config = ssgan_main.config_from_flags()
-  try:
-    targets = check_flags(config)
-    splits = (export_data.read_npz(common_flags.DATA_NPZ.value) if common_flags.DATA_NPZ.value
-              else export_data.read_splits(config))
-  except config_lib.ConfigError as e:
-    ssgan_main.fail(str(e))
+  targets = check_flags(config)
+  splits = export_data.read_data(config)
   if common_flags.TORCH_THREADS.value:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(common_flags.TORCH_THREADS.value)
@@ -247,4 +231,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=ssgan_main.parse_flags)
+  common_flags.run(main)

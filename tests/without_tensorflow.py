@@ -9,7 +9,7 @@ import runpy, sys
 sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None
 module = sys.argv[1]
 sys.argv = [module] + sys.argv[2:]
-runpy.run_module(module, run_name='__main__')
+runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
