@@ -14,7 +14,7 @@ from ssgan_jax.command_line import cli
 from ssgan_jax import config as config_lib
 from ssgan_jax.training import multihost, preemption
 # For scripts that build a Config from flags the way this command does.
-from ssgan_jax.command_line.cli import config_from_flags, define_flags, fail, parse_config, parse_flags  # pylint: disable=unused-import
+from ssgan_jax.command_line.cli import config_from_flags, define_flags, fail, parse_config  # pylint: disable=unused-import
 
 
 def _as_int(name: str, value: str) -> int:

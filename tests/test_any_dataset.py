@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from ssgan_jax import predict
 from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.data import input_pipeline
-from ssgan_jax.networks import models, resnet
+from ssgan_jax.networks import models
 from ssgan_jax.training import train
 from without_tensorflow import REPO
 
