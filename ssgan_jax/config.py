@@ -88,6 +88,7 @@ class Config:
   donate_state: bool = _field(True, "Donate the train state's buffers to the step, which updates them in place.")
   num_steps: int = _field(1000, 'Train steps in all (a resumed run continues to this).')
   gen_steps: int = _field(1, "G updates after each D update, each on fresh latents and the same unlabeled batch (the reference: 1). ssl mode only.")
+  gen_steps_until: int = _field(0, 'If > 0, --gen_steps holds for the steps before this one and later steps make one G update (the early game only); 0: every step.')
   learning_rate: float = _field(0.003, 'Adam learning rate of D and G.')
   adam_beta1: float = _field(0.5, 'Adam beta1.')
   lr_decay_fraction: float = _field(0.0, 'Fraction of the steps, at the end, over which the rate falls linearly to 0.')
@@ -179,6 +180,10 @@ def validate(config: Config) -> None:
   if config.mode != 'ssl' and config.gen_steps != 1:
     raise ConfigError('gen_steps', config.gen_steps,
                       'applies only to --mode=ssl (use 1 with --mode=supervised)')
+  _check_at_least(config, 'gen_steps_until', 0)
+  if config.gen_steps_until and config.gen_steps == 1:
+    raise ConfigError('gen_steps_until', config.gen_steps_until,
+                      'needs --gen_steps above 1 (or 0: off)')
   if config.mode != 'ssl' and config.one_sided_label_smoothing != 1:
     raise ConfigError('one_sided_label_smoothing', config.one_sided_label_smoothing,
                       'applies only to --mode=ssl (use 1 with --mode=supervised)')

@@ -128,6 +128,9 @@ def main(args: list[str]) -> None:
   if args == ['one_device']:
     print(json.dumps(one_device_differences(config, ONE_DEVICE_CASES)))
     return
+  # Two G updates in the first three steps and one in the last: the second update sits in a
+  # conditional, with its collectives, under each setting, and stops inside a scanned call.
+  config = config.replace(gen_steps=2, gen_steps_until=3)
   data = random_data(MNIST_INFO.image_shape)
   initial = train.create_train_state(sgd_setup(config, MNIST_INFO),
                                      data.unlabeled_images[:16])

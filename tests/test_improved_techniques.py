@@ -143,6 +143,8 @@ def test_minibatch_evaluation_compares_groups_of_the_training_size():
     ({'weight_norm_init': 'zero'}, 'weight_norm_init'),
     ({'gen_steps': 0}, 'gen_steps'),
     ({'gen_steps': 2, 'mode': 'supervised'}, 'gen_steps'),
+    ({'gen_steps': 3, 'gen_steps_until': -1}, 'gen_steps_until'),
+    ({'gen_steps_until': 6000}, 'gen_steps_until'),  # with one G update a step it does nothing
     ({'weight_norm_scales': 'hidden'}, 'weight_norm_scales'),
     ({'weight_norm_init': 'unit', 'model': 'resnet18'}, 'weight_norm_init'),
     ({'weight_norm_scales': 'all', 'model': 'resnet18'}, 'weight_norm_scales'),

@@ -190,7 +190,8 @@ def test_learning_rate_matches_jax_schedule():
   schedule = train.learning_rate_schedule(config)
   trainer = torch_train.TorchTrainer(config.replace(model='mlp'), 10, SHAPES['mlp'],
                                      random_images('mlp', 8, seed=9))
-  gen_schedule = train.learning_rate_schedule(config, config.gen_steps)
+  gen_schedule = train.learning_rate_schedule(
+      config, functools.partial(train.step_of_gen_update, config))
   for count in (0, 19, 20, 21, 25, 29, 30, 40):
     assert torch_train.learning_rate(config, count) == pytest.approx(float(schedule(count)),
                                                                      abs=1e-9)
@@ -198,6 +199,23 @@ def test_learning_rate_matches_jax_schedule():
     assert float(gen_schedule(2 * count + 1)) == float(schedule(count))
     assert trainer.gen_opt.schedule(2 * count + 1) == pytest.approx(float(schedule(count)),
                                                                     abs=1e-9)
+
+
+def test_g_s_rate_follows_the_steps_when_its_extra_updates_stop():
+  """--gen_steps=3 --gen_steps_until=4: three G updates a step before step 4, one after; each
+  update gets its step's rate, in both frameworks."""
+  config = Config(model='mlp', num_steps=30, learning_rate=0.01, lr_decay_fraction=0.9,
+                  gen_steps=3, gen_steps_until=4)
+  schedule = train.learning_rate_schedule(config)
+  gen_schedule = train.learning_rate_schedule(
+      config, functools.partial(train.step_of_gen_update, config))
+  steps_of_updates = [step for step in range(config.num_steps)
+                      for _ in range(torch_train.gen_updates(config, step))]
+  assert len(steps_of_updates) == 3 * 4 + 26
+  for count, step in enumerate(steps_of_updates):
+    assert int(train.step_of_gen_update(config, count)) == step
+    assert torch_train.step_of_gen_update(config, count) == step
+    assert float(gen_schedule(count)) == float(schedule(step))
 
 
 def test_adam_and_ema_match_optax():
@@ -250,7 +268,8 @@ def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str, **cha
       setup, optimizer=train.adam(setup.config, train.learning_rate_schedule(setup.config),
                                   SMOOTH_EPS_ROOT),
       gen_optimizer=train.adam(setup.config, train.learning_rate_schedule(
-          setup.config, setup.config.gen_steps), SMOOTH_EPS_ROOT))
+          setup.config, functools.partial(train.step_of_gen_update, setup.config)),
+          SMOOTH_EPS_ROOT))
   b = BATCH[family]
   state = train.create_train_state(setup, random_images(family, 32, seed=0))
   images = random_images(family, 3 * b, seed=1)
@@ -281,6 +300,29 @@ def test_train_step_with_the_early_game_choices_matches_flax():
   assert len(scales) == 6 and all(np.any(s != 1.0) for s in scales)  # each started at 1
   assert int(after.gen_opt_state[0].count) == trainer.gen_opt.count == 2
   assert int(after.disc_opt_state[0].count) == trainer.disc_opt.count == 1
+
+
+def test_extra_g_updates_stop_at_gen_steps_until():
+  """--gen_steps=3 --gen_steps_until=1: step 0 updates G three times and step 1 once, the
+  update --gen_steps=1 makes from the same state, in JAX as in the reference."""
+  setup = jax_setup('mlp', gen_steps=3, gen_steps_until=1)
+  single = jax_setup('mlp', gen_steps=1)
+  _, _, batch, after_0, _ = jax_train_step('mlp', 'ssl', 'salimans', 'feature_matching',
+                                           gen_steps=3, gen_steps_until=1)
+  step = lambda setup, state: jax.jit(functools.partial(train.train_step, setup,
+                                                        axis_name=None))(state, batch)[0]
+  after_1, expected = step(setup, after_0), step(single, after_0)
+  assert [int(s.gen_opt_state[0].count) for s in (after_0, after_1)] == [3, 4]
+  moved = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), after_1.gen_params,
+                       after_0.gen_params)
+  assert max(jax.tree.leaves(moved)) > 1e-4  # step 1 did update G
+  for actual, wanted in zip(jax.tree.leaves(after_1), jax.tree.leaves(expected)):
+    assert_close(actual, wanted, 1e-6)
+
+  trainer = torch_trainer(setup, after_0)
+  trainer.train_step(batch)
+  trainer.train_step(batch)
+  assert trainer.gen_opt.count == 4 and trainer.disc_opt.count == 2
 
 
 @pytest.mark.parametrize('family', ['mlp', 'conv_small'])

@@ -97,7 +97,7 @@ IMPLEMENTED = {
 # other one (historical averaging, label smoothing, minibatch discrimination, bfloat16
 # compute, ...) it has only at its default.
 OTHER_FIELDS = frozenset({
-    'unsup_weight', 'gen_steps', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed',
+    'unsup_weight', 'gen_steps', 'gen_steps_until', 'minibatch_kernel_dim', 'minibatch_group_size', 'seed',
     'batch_size', 'eval_batch_size', 'num_steps', 'learning_rate', 'adam_beta1', 'lr_decay_fraction',
     'ema_decay', 'ema_horizon', 'eval_params', 'dataset', 'data_dir', 'num_labeled', 'label_seed',
     'label_selection', 'num_validation', 'parallel', 'conv_transpose', 'conv_input_gradient',
@@ -145,6 +145,20 @@ def learning_rate(config: Config, count: int) -> float:
   return config.learning_rate * (1 - into_decay / decay_steps)
 
 
+def gen_updates(config: Config, step: int) -> int:
+  """G updates in train step `step`: --gen_steps, or one from --gen_steps_until on."""
+  until = config.gen_steps_until
+  return config.gen_steps if not until or step < until else 1
+
+
+def step_of_gen_update(config: Config, count: int) -> int:
+  """`ssgan_jax.training.train.step_of_gen_update` on the host."""
+  k, until = config.gen_steps, config.gen_steps_until
+  if not until:
+    return count // k
+  return min(count // k, until) + max(count - k * until, 0)
+
+
 def global_norm(tensors) -> torch.Tensor:
   """The L2 norm of all `tensors` together (optax.tree.norm's counterpart)."""
   return torch.sqrt(sum(torch.sum(t.detach() * t.detach()) for t in tensors))
@@ -163,6 +177,7 @@ class TorchTrainer:
     self.family = models.MODEL_FAMILIES[config.model]
     self.head = losses.HEADS[config.unsup_loss]
     self.ssl = config.mode == 'ssl'
+    self.step = 0  # train steps taken
     torch.manual_seed(config.seed)
     schedule = lambda count: learning_rate(config, count)
 
@@ -180,9 +195,10 @@ class TorchTrainer:
                                        config.gen_output_layer).to(self.device)
       models.data_dependent_init(self.gen, self._latents(len(init_images)))
       # G's schedule counts train steps, as ssgan_jax's does with several G updates a step.
-      self.gen_opt = Adam(self.gen.parameters(),
-                          lambda count: learning_rate(config, count // config.gen_steps),
-                          config.adam_beta1)
+      self.gen_opt = Adam(
+          self.gen.parameters(),
+          lambda count: learning_rate(config, step_of_gen_update(config, count)),
+          config.adam_beta1)
     self._disc_fn, self._gen_fn = self.disc, self.gen
     if compile:
       self._disc_fn = torch.compile(self.disc)
@@ -196,7 +212,7 @@ class TorchTrainer:
     return torch.rand(batch_size, models.LATENT_DIM, device=self.device)
 
   def train_step(self, batch: dict, latents: Optional[tuple] = None) -> dict:
-    """One D update, then (in ssl mode) --gen_steps G updates; returns 0-d metric tensors
+    """One D update, then (in ssl mode) `gen_updates` G updates; returns 0-d metric tensors
     (G's from its last update).
 
     `latents`, if given, holds the BxZ latent arrays to use instead of fresh ones (for
@@ -206,7 +222,9 @@ class TorchTrainer:
     x_lab = self._to_input(batch['labeled_images'])
     labels = torch.as_tensor(batch['labels'], device=self.device).long()
     b = len(x_lab)
-    z_disc, *z_gen = ([self._latents(b) for _ in range(1 + config.gen_steps)] if latents is None
+    num_gen = gen_updates(config, self.step)
+    self.step += 1
+    z_disc, *z_gen = ([self._latents(b) for _ in range(1 + num_gen)] if latents is None
                       else [torch.as_tensor(np.array(z), device=self.device) for z in latents])
 
     # D's batch norm: one group per part, running averages from the real parts (as train_step).

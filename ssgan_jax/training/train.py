@@ -78,7 +78,8 @@ class Setup:
                        minibatch_kernel_dim=config.minibatch_kernel_dim,
                        dtype=jnp.dtype(config.compute_dtype)), config),
                optimizer=adam(config, learning_rate_schedule(config)),
-               gen_optimizer=adam(config, learning_rate_schedule(config, config.gen_steps)),
+               gen_optimizer=adam(config, learning_rate_schedule(
+                   config, functools.partial(step_of_gen_update, config))),
                ema=optax.ema(ema_decay(config), debias=True))
 
   def eval_group_size(self) -> Optional[int]:
@@ -114,9 +115,19 @@ def kernel_choices(config: Config) -> kernels.KernelChoices:
                                config.conv_tiny_maps).resolve()
 
 
-def learning_rate_schedule(config: Config, updates_per_step: int = 1) -> optax.Schedule:
+def step_of_gen_update(config: Config, count):
+  """The train step that makes G's update number `count` (from 0): --gen_steps a step, or
+  one a step from --gen_steps_until on."""
+  k, until = config.gen_steps, config.gen_steps_until
+  if not until:
+    return count // k
+  return jnp.minimum(count // k, until) + jnp.maximum(count - k * until, 0)
+
+
+def learning_rate_schedule(config: Config,
+                           step_of_update: Callable = lambda count: count) -> optax.Schedule:
   """Constant, then linear to 0 over the last `lr_decay_fraction` of the steps, for an
-  optimizer that makes `updates_per_step` updates each train step."""
+  optimizer whose update number `count` is made by train step `step_of_update(count)`."""
   decay_start = lr_decay_start(config)
   if decay_start == config.num_steps:
     return optax.constant_schedule(config.learning_rate)
@@ -124,7 +135,7 @@ def learning_rate_schedule(config: Config, updates_per_step: int = 1) -> optax.S
       [optax.constant_schedule(config.learning_rate),
        optax.linear_schedule(config.learning_rate, 0.0, config.num_steps - decay_start)],
       [decay_start])
-  return lambda count: schedule(count // updates_per_step)
+  return lambda count: schedule(step_of_update(count))
 
 
 def adam(config: Config, schedule: optax.Schedule, eps_root: float = 1e-8):
@@ -295,7 +306,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
   if history:
     state = state.replace(gen_past_mean=losses.update_past_mean(
         past_mean, state.gen_params, step))
-  for k in range(config.gen_steps):
+  def gen_update(k, state):
+    """G's k-th update of this step: (state, (its loss, its gradients))."""
     stream = lambda name: keys(name + k * _NUM_STREAMS)
     (g_loss, gen_batch_stats), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
         state.gen_params, state.gen_batch_stats, models.sample_latent(stream(_GEN_LATENT)),
@@ -303,8 +315,21 @@ def train_step(setup: Setup, state: TrainState, batch: dict,
     g_grads = mean(g_grads)
     updates, gen_opt_state = setup.gen_optimizer.update(g_grads, state.gen_opt_state,
                                                         state.gen_params)
-    state = state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
-                          gen_batch_stats=gen_batch_stats, gen_opt_state=gen_opt_state)
+    return state.replace(gen_params=optax.apply_updates(state.gen_params, updates),
+                         gen_batch_stats=gen_batch_stats,
+                         gen_opt_state=gen_opt_state), (g_loss, g_grads)
+
+  state, (g_loss, g_grads) = gen_update(0, state)
+  for k in range(1, config.gen_steps):
+    if config.gen_steps_until:
+      # Every device takes the same branch (the step is global), so the collectives inside
+      # run on all of them; a skipped update computes nothing.
+      last = (g_loss, g_grads)
+      state, (g_loss, g_grads) = jax.lax.cond(
+          step < config.gen_steps_until, functools.partial(gen_update, k),
+          lambda state: (state, last), state)
+    else:
+      state, (g_loss, g_grads) = gen_update(k, state)
   metrics.update(gen_loss=g_loss, gen_grad_norm=optax.tree.norm(g_grads),
                  gen_param_norm=optax.tree.norm(state.gen_params))
   return state, mean(metrics)
