@@ -43,6 +43,7 @@ VARIANTS = {
     'weight_norm_unit_init': ('ssl', ['--weight_norm_init=unit']),
     'weight_norm_all_scales': ('ssl', ['--weight_norm_scales=all']),
     'gen_steps_2': ('ssl', ['--gen_steps=2']),
+    'gen_steps_3': ('ssl', ['--gen_steps=3']),
     'gen_output_plain': ('ssl', ['--gen_output_layer=plain']),
     'weight_norm_unit_init+gen_steps_2': ('ssl', ['--weight_norm_init=unit', '--gen_steps=2']),
     'learning_rate_0.001+weight_norm_unit_init': (

@@ -195,8 +195,8 @@ def eval_disc_variables(setup: Setup, state: TrainState, which: str) -> dict:
 
 def train_step(setup: Setup, state: TrainState, batch: dict,
                axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
-  """One update of D (supervised + unsupervised loss) and then --gen_steps of G, on one
-  device's shard.
+  """One update of D (supervised + unsupervised loss) and then --gen_steps of G (one from
+  --gen_steps_until on), on one device's shard.
 
   Gradients and metrics are averaged over `axis_name` (G's metrics are its last update's).
   Randomness comes from (seed, step, stream, global example index) only.
