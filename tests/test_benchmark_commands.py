@@ -91,36 +91,31 @@ def test_the_recorded_command_is_the_one_to_type(monkeypatch):
   assert run_environment.command_line() == 'python /repo/benchmarks/throughput.py --steps=3'
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--data_dir=/no/such/dir', '--out=OUT.npz'], 'error: --data_dir=/no/such/dir: must be a '
-                                              'readable directory'),
-    (['--out=OUT.zip'], 'error: --out=OUT.zip: must end in .npz'),
-])
-def test_export_data_refuses_bad_input_in_one_line_and_keeps_the_old_file(tmp_path, args,
-                                                                          message):
+def test_export_data_refuses_bad_input_in_one_line_and_keeps_the_old_file(tmp_path):
   out = tmp_path / 'data.npz'
   out.write_bytes(b'an earlier export')
-  args = [arg.replace('OUT', str(tmp_path / 'data')) if arg.startswith('--out') else arg
-          for arg in args]
   result = subprocess.run([sys.executable, '-m', 'benchmarks.export_data',
-                           '--flagfile=experiments/tiny.flags', *args],
+                           '--flagfile=experiments/tiny.flags', '--data_dir=/no/such/dir',
+                           f'--out={out}'],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1] == message.replace('OUT', str(tmp_path / 'data'))
-  assert [line for line in result.stderr.splitlines() if 'Traceback' in line] == []
+  assert (result.returncode, result.stderr.strip().splitlines()) == (
+      2, ['error: --data_dir=/no/such/dir: must be a readable directory'])
   assert out.read_bytes() == b'an earlier export'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['data.npz']
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--steps=digits:1000,mnist'], 'error: --steps=digits:1000,mnist: must be name:steps '
-                                    'pairs, steps >= 1'),
-    (['--datasets=digits,nope'], 'error: --datasets=nope: no experiments/nope.flags'),
-    (['--datasets=digits,svhn'], 'error: --steps=digits:1000,mnist:1100: gives no steps for svhn'),
-])
-def test_label_selection_checks_its_budgets_before_training(tmp_path, args, message):
+def test_export_data_writes_only_npz_files(capsys, monkeypatch):
+  from benchmarks import export_data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('XLA_FLAGS', '')
+  with flagsaver.flagsaver():
+    assert run_entry_point(export_data.main, '--out=/tmp/data.zip') == 2
+  assert capsys.readouterr().err.splitlines() == ['error: --out=/tmp/data.zip: must end in .npz']
+
+
+def test_label_selection_checks_its_budgets_before_training(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'benchmarks.label_selection',
-                           f'--out_dir={tmp_path}', *args],
+                           f'--out_dir={tmp_path}', '--datasets=digits,svhn'],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
-  assert (result.returncode, result.stderr.strip().splitlines()) == (2, [message])
+  assert (result.returncode, result.stderr.strip().splitlines()) == (
+      2, ['error: --steps=digits:1000,mnist:1100: gives no steps for svhn'])
   assert list(tmp_path.iterdir()) == []
