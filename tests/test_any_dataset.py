@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssgan_jax import predict
+from ssgan_jax import evaluate, predict
 from ssgan_jax.config import Config, ConfigError
 from ssgan_jax.data import input_pipeline
 from ssgan_jax.networks import models
-from ssgan_jax.training import train
+from ssgan_jax.training import train, trained
 from without_tensorflow import REPO
 
 CATS = dict(dataset='cats_vs_dogs', model='resnet18', image_size=32, num_labeled=10,
@@ -172,7 +172,8 @@ def test_resnet18_steps_lower_the_losses():
 def test_a_short_run_on_the_stand_in_trains_evaluates_and_predicts(cats_vs_dogs_data_dir,
                                                                    tmp_path):
   """The command line on the real photos, a slice of them at 32 px, to the end-of-run test,
-  then evaluate and predict on the run.
+  then evaluate and predict on the run (in-process: their command lines are tested in
+  test_main.py and test_user_tools.py).
   With the MLP, which compiles in seconds: the ResNet-18 steps are tested above and in
   test_parallel.py; this is the data's path from the flagfile to the test accuracy."""
   result = subprocess.run(
@@ -188,25 +189,19 @@ def test_a_short_run_on_the_stand_in_trains_evaluates_and_predicts(cats_vs_dogs_
   saved = json.loads((tmp_path / 'dataset_info.json').read_text())
   assert saved['class_names'] == ['cat', 'dog'] and saved['image_shape'] == [32, 32, 3]
   # evaluate reads the run's own test split (there is no `test`), resized as in training.
-  result = subprocess.run([sys.executable, '-m', 'ssgan_jax.evaluate', f'--workdir={tmp_path}'],
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  evaluation = json.loads((tmp_path / 'evaluation' / 'step_2.json').read_text())
+  evaluation = evaluate.evaluate(str(tmp_path))
   assert evaluation['num_test'] == 200 and evaluation['class_names'] == ['cat', 'dog']
   assert evaluation['test_accuracy_raw'] == pytest.approx(summary['test_accuracy_raw'])
   assert evaluation['per_class_params'] == 'raw'  # the flagfile's --eval_params
-  assert 'per-class accuracy (raw): cat: ' in result.stdout
+  assert 'per-class accuracy (raw): cat: ' in evaluate.report(evaluation)
   # predict fits a photo to the model exactly as training read it, and names its class.
   config = Config(dataset='cats_vs_dogs', data_dir=cats_vs_dogs_data_dir)
   [photo], [label] = input_pipeline.load_split(config, 'train[:1]')
   [fitted], _ = input_pipeline.load_split(config, 'train[:1]', (32, 32, 3))
   Image.fromarray(photo).save(tmp_path / 'photo.png')
   assert np.array_equal(predict.read_image(str(tmp_path / 'photo.png'), (32, 32, 3)), fitted)
-  result = subprocess.run([sys.executable, '-m', 'ssgan_jax.predict', f'--workdir={tmp_path}',
-                           str(tmp_path / 'photo.png')], capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.split('\t')[1] in ('cat', 'dog')
+  [line] = predict.predictions(trained.load(str(tmp_path)), [str(tmp_path / 'photo.png')])
+  assert line.split('\t')[1] in ('cat', 'dog')
 
 
 @pytest.mark.parametrize('flag,error', [

@@ -258,6 +258,7 @@ TRAIN_STEP_CASES = [
     ('resnet18', 'ssl', 'salimans', 'nonsaturating')]
 
 
+@functools.cache  # the same step serves the comparison with torch and with the default level
 def jax_train_step(family: str, mode: str, unsup_loss: str, gen_loss: str, **changes):
   """One jitted JAX train step from a fixed state and batch, with SMOOTH_EPS_ROOT's Adam,
   and the config's other `changes`: (setup, state before, batch, state after, metrics)."""

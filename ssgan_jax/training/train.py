@@ -467,6 +467,9 @@ def _train_and_evaluate(config: Config, workdir: str, stop_requested: Callable[[
   start_time = time.time()
   if jax.process_count() > 1 and config.parallel != 'pmap':
     raise ConfigError('parallel', config.parallel, 'only pmap runs over several processes')
+  # The batch sizes before TFDS starts TensorFlow; the minibatch group size, which may come
+  # from the checkpoint, again below.
+  check_divisible_by_devices(config, jax.device_count())
   info = input_pipeline.dataset_info(config) if data is None else data[0]
   checkpointer = checkpointing.Checkpointer(workdir, config)
   config = with_group_size(config, jax.device_count(), checkpointer.saved_config())
