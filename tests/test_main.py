@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import devices_env
@@ -170,6 +171,19 @@ def test_bad_settings_for_the_data_are_refused_before_any_image_is_read(args, ex
     train.train_and_evaluate(cli.resolved_config(flag_values), str(workdir))
   assert str(error.value).startswith(expected)
   assert not workdir.exists()
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_tfds_is_asked(
+    tmp_path, monkeypatch):
+  """Before TFDS starts TensorFlow, which takes seconds."""
+  def dataset_info(*_):
+    raise AssertionError('TFDS was asked')
+  monkeypatch.setattr(input_pipeline, 'dataset_info', dataset_info)
+  monkeypatch.setattr(jax, 'device_count', lambda: 4)
+  config = cli.resolved_config(cli.parsed_flags([f'--flagfile={TINY_FLAGS}', '--batch_size=10']))
+  with pytest.raises(config_lib.ConfigError, match=re.escape(
+      '--batch_size=10: must be a multiple of the device count (4)')):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 @pytest.mark.parametrize('args,expected', [
