@@ -112,10 +112,15 @@ def test_export_data_writes_only_npz_files(capsys, monkeypatch):
   assert capsys.readouterr().err.splitlines() == ['error: --out=/tmp/data.zip: must end in .npz']
 
 
-def test_label_selection_checks_its_budgets_before_training(tmp_path):
+@pytest.mark.parametrize('args,error', [
+    (['--datasets=digits,svhn'], '--steps=digits:1000,mnist:1100: gives no steps for svhn'),
+    (['--steps=digits:many'], '--steps=digits:many: must be name:steps pairs, steps >= 1'),
+    (['--datasets=digits,no_such'], '--datasets=no_such: no experiments/no_such.flags'),
+])
+def test_label_selection_checks_its_budgets_before_training(tmp_path, args, error):
+  """In a subprocess: its --steps and --data_dir would clash with other benchmarks' flags."""
   result = subprocess.run([sys.executable, '-m', 'benchmarks.label_selection',
-                           f'--out_dir={tmp_path}', '--datasets=digits,svhn'],
+                           f'--out_dir={tmp_path}', *args],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
-  assert (result.returncode, result.stderr.strip().splitlines()) == (
-      2, ['error: --steps=digits:1000,mnist:1100: gives no steps for svhn'])
+  assert (result.returncode, result.stderr.strip().splitlines()) == (2, [f'error: {error}'])
   assert list(tmp_path.iterdir()) == []
