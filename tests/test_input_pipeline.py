@@ -540,7 +540,7 @@ def test_real_mnist_validation_disjoint_from_training(real_mnist):
 
 
 def test_real_mnist_same_label_seed_same_labeled_images(real_mnist):
-  """load takes its subsets from split_train (above), which depends on its seed alone."""
+  """The subsets are split_train's (above), which depends on its seed alone."""
   again = ip.split_train(real_mnist.train_labels, 10, 100, 5000, 0)
   for before, after in zip((real_mnist.validation, real_mnist.labeled, real_mnist.unlabeled),
                            again):
