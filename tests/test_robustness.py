@@ -135,7 +135,7 @@ def two_processes(log_dir: pathlib.Path, *args) -> list[Main]:
 
 def test_two_processes_train_like_one_with_four_devices_and_stop_together_on_sigterm(
     reference, mnist_data_dir, tmp_path):
-  """(A resumed run restores on one process as on several: the kill -9 test above resumes.)"""
+  """(Resuming is tested on one process, by the kill -9 test above, not on two.)"""
   reference_dir, config = reference
   workdir = tmp_path / 'two_hosts'
   processes = two_processes(
